@@ -51,6 +51,8 @@ class SafetensorsFile {
   uint64_t file_size() const { return size_; }
 
   // Zero-copy view of the tensor's bytes (copied only if the data is misaligned for its dtype).
+  // The mapping is private: in-place writes never reach the file, but later views of the same
+  // tensor from this file see them.
   torch::Tensor tensor(const std::string& name) const;
 
  private:
@@ -67,7 +69,8 @@ class SafetensorsFile {
 
 // A checkpoint folder: model.safetensors, or shards listed in model.safetensors.index.json
 // ({"metadata": {...}, "weight_map": {tensor name: shard file}}). Also accepts the path of a
-// single .safetensors file.
+// single .safetensors file. A folder holding both model.safetensors and the index is refused as
+// ambiguous (one of them is stale).
 class Checkpoint {
  public:
   static Checkpoint open(const std::string& path);
@@ -95,7 +98,8 @@ void save_safetensors(const std::string& path,
 
 // Writes a checkpoint into folder `dir` (which must exist): model.safetensors when the total
 // fits in `max_shard_bytes` (0 = no limit), otherwise model-0000i-of-0000n.safetensors shards
-// plus model.safetensors.index.json, as Hugging Face does.
+// plus model.safetensors.index.json, as Hugging Face does. A file of the other layout left in
+// `dir` by an earlier save is removed.
 void save_checkpoint(const std::string& dir,
                      const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                      const std::map<std::string, std::string>& metadata = {},

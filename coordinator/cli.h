@@ -1,0 +1,34 @@
+// The `rankprune` command line: a registry of subcommands, each composing Boost.Program_options
+// groups. Defaults live in one place (the option declaration) and `--help` prints them.
+#pragma once
+
+#include <boost/program_options.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace rankprune::cli {
+
+namespace po = boost::program_options;
+
+struct Command {
+  std::string name;
+  std::string summary;   // one line for `rankprune --help`
+  std::string usage;     // synopsis for `rankprune NAME --help`
+  std::function<void(po::options_description&)> declare;
+  std::function<int(const po::variables_map&)> run;
+};
+
+// Registration: each cmd_*.cpp adds its commands through these (called from main).
+void register_model_commands(std::vector<Command>& out);
+
+// Shared option groups.
+void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads
+void apply_threads(const po::variables_map& vm);
+
+// Parses "3,17,5" into ids; UsageError naming the option on bad input.
+std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option);
+bool parse_bool(const std::string& text, const std::string& option);
+
+}  // namespace rankprune::cli

@@ -1,0 +1,319 @@
+// Model commands: init, info, logits, generate.
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/fs.h"
+#include "coordinator/cli.h"
+#include "model/linear_lm.h"
+#include "model/npy.h"
+#include "model/safetensors.h"
+#include "model/tokenizer.h"
+
+namespace rankprune::cli {
+namespace {
+
+ForwardOptions forward_options(const po::variables_map& vm) {
+  ForwardOptions o;
+  const std::string dt = vm["dtype"].as<std::string>();
+  if (dt == "f32")
+    o.dtype = torch::kFloat32;
+  else if (dt == "bf16")
+    o.dtype = torch::kBFloat16;
+  else if (dt == "f64")
+    o.dtype = torch::kFloat64;
+  else
+    throw UsageError(cat("--dtype: expected f32, bf16 or f64, got '", dt, "'"));
+  const std::string impl = vm["impl"].as<std::string>();
+  if (impl == "auto")
+    o.impl = DeltaRuleImpl::Auto;
+  else if (impl == "recurrent")
+    o.impl = DeltaRuleImpl::Recurrent;
+  else if (impl == "chunked")
+    o.impl = DeltaRuleImpl::Chunked;
+  else
+    throw UsageError(cat("--impl: expected auto, recurrent or chunked, got '", impl, "'"));
+  o.chunk_size = vm["chunk-size"].as<int64_t>();
+  if (o.chunk_size < 1) throw UsageError(cat("--chunk-size must be >= 1, got ", o.chunk_size));
+  apply_threads(vm);
+  return o;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(u == 0 ? 0 : 2) << b << " " << units[u];
+  return os.str();
+}
+
+// ------------------------------------------------------------------------------------------- init
+
+void declare_init(po::options_description& d) {
+  d.add_options()
+      ("arch", po::value<std::string>()->required(), "delta_net or gated_deltanet")
+      ("out", po::value<std::string>()->required(), "output checkpoint folder (must not exist or be empty)")
+      ("hidden-size", po::value<int64_t>()->default_value(256), "model width D")
+      ("num-layers", po::value<int64_t>()->default_value(2), "number of blocks")
+      ("num-heads", po::value<int64_t>()->default_value(4), "query/key heads H")
+      ("num-v-heads", po::value<int64_t>()->default_value(0), "value heads (gated_deltanet GVA; 0 = num-heads)")
+      ("head-k-dim", po::value<int64_t>()->default_value(64), "query/key channels per head dk")
+      ("head-v-dim", po::value<int64_t>()->default_value(64), "value channels per head dv")
+      ("vocab-size", po::value<int64_t>()->default_value(32000), "vocabulary size")
+      ("intermediate-size", po::value<int64_t>()->default_value(0), "MLP width (0 = fla's rule from hidden_ratio 4)")
+      ("conv-size", po::value<int64_t>()->default_value(4), "short convolution length")
+      ("use-gate", po::value<std::string>()->default_value("auto"),
+       "output gate g_proj: true, false, or auto (fla's default: false for delta_net, true for gated_deltanet)")
+      ("allow-neg-eigval", po::value<std::string>()->default_value("false"), "beta in (0, 2) instead of (0, 1)")
+      ("tie-embeddings", po::value<std::string>()->default_value("false"), "share embeddings and lm_head")
+      ("init-std", po::value<double>()->default_value(0.02), "std of the normal init (fla initializer_range)")
+      ("seed", po::value<uint64_t>()->default_value(0), "random seed")
+      ("dtype", po::value<std::string>()->default_value("bf16"), "stored weight dtype: f32 or bf16")
+      ("tokenizer", po::value<std::string>(), "optional SentencePiece .model copied into the folder as tokenizer.model");
+}
+
+int run_init(const po::variables_map& vm) {
+  const std::string arch_s = vm["arch"].as<std::string>();
+  Arch arch;
+  if (arch_s == "delta_net")
+    arch = Arch::DeltaNet;
+  else if (arch_s == "gated_deltanet")
+    arch = Arch::GatedDeltaNet;
+  else
+    throw UsageError(cat("--arch: expected delta_net or gated_deltanet, got '", arch_s, "'"));
+  auto positive = [&](const char* opt) {
+    int64_t v = vm[opt].as<int64_t>();
+    if (v < 1) throw UsageError(cat("--", opt, " must be >= 1, got ", v));
+    return v;
+  };
+  ModelConfig c = ModelConfig::defaults(arch);
+  c.hidden_size = positive("hidden-size");
+  c.num_hidden_layers = positive("num-layers");
+  c.num_heads = positive("num-heads");
+  c.vocab_size = positive("vocab-size");
+  c.conv_size = positive("conv-size");
+  const int64_t dk = positive("head-k-dim"), dv = positive("head-v-dim");
+  c.intermediate_size = vm["intermediate-size"].as<int64_t>();
+  if (c.intermediate_size < 0) throw UsageError("--intermediate-size must be >= 0");
+  c.initializer_range = vm["init-std"].as<double>();
+  if (!(c.initializer_range > 0)) throw UsageError("--init-std must be > 0");
+  const std::string gate = vm["use-gate"].as<std::string>();
+  if (gate != "auto") c.use_gate = parse_bool(gate, "use-gate");
+  c.allow_neg_eigval = parse_bool(vm["allow-neg-eigval"].as<std::string>(), "allow-neg-eigval");
+  c.tie_word_embeddings = parse_bool(vm["tie-embeddings"].as<std::string>(), "tie-embeddings");
+  const int64_t nv = vm["num-v-heads"].as<int64_t>();
+  if (arch == Arch::DeltaNet) {
+    if (nv != 0 && nv != c.num_heads) throw UsageError("--num-v-heads is only for gated_deltanet");
+    // fla derives key_dim = int(hidden_size * expand_k): pick the double whose product truncates
+    // to exactly H * dk.
+    auto ratio = [&](int64_t dim) {
+      double r = static_cast<double>(dim) / static_cast<double>(c.hidden_size);
+      while (static_cast<int64_t>(c.hidden_size * r) < dim) r = std::nextafter(r, 1e300);
+      return r;
+    };
+    c.expand_k = ratio(c.num_heads * dk);
+    c.expand_v = ratio(c.num_heads * dv);
+  } else {
+    c.head_dim = dk;
+    c.expand_v = static_cast<double>(dv) / static_cast<double>(dk);
+    c.num_v_heads = nv;
+  }
+  c.raw = nlohmann::json::object();
+  c.intermediate_size = c.intermediate_size;  // 0 -> derived in finalize
+  c.finalize("--arch/size options");
+  if (c.head_k_dim != dk || c.head_v_dim != dv)
+    throw UsageError(cat("--head-v-dim ", dv, " is not representable with head_dim ", dk, " (fla: head_v_dim = int(head_dim * expand_v))"));
+
+  const std::string dts = vm["dtype"].as<std::string>();
+  torch::ScalarType dtype;
+  if (dts == "f32")
+    dtype = torch::kFloat32;
+  else if (dts == "bf16")
+    dtype = torch::kBFloat16;
+  else
+    throw UsageError(cat("--dtype: expected f32 or bf16, got '", dts, "'"));
+
+  const std::string out = vm["out"].as<std::string>();
+  std::string tok;
+  if (vm.count("tokenizer")) {
+    tok = vm["tokenizer"].as<std::string>();
+    auto t = Tokenizer::load(tok);  // validates before anything is written
+    if (t->vocab_size() > c.vocab_size)
+      throw UsageError(cat("--tokenizer has ", t->vocab_size(), " pieces but --vocab-size is ", c.vocab_size));
+  }
+  if (is_directory(out) && !std::filesystem::is_empty(out))
+    throw InputError(cat("--out '", out, "' exists and is not empty"));
+  AtomicDir dir(out);
+  LinearLM model(c, init_random_weights(c, vm["seed"].as<uint64_t>(), dtype));
+  model.save(dir.path());
+  if (!tok.empty()) std::filesystem::copy_file(tok, path_join(dir.path(), "tokenizer.model"));
+  dir.commit();
+  std::cout << "wrote " << arch_name(arch) << " checkpoint to " << out << " (" << c.num_parameters()
+            << " parameters, " << dts << ")\n";
+  return kExitOk;
+}
+
+// ------------------------------------------------------------------------------------------- info
+
+void declare_info(po::options_description& d) {
+  d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
+      ("json", po::bool_switch(), "print JSON instead of text");
+}
+
+int run_info(const po::variables_map& vm) {
+  const std::string dir = vm["model"].as<std::string>();
+  LinearLM m = LinearLM::load(dir);  // validates every tensor against config.json
+  const ModelConfig& c = m.config();
+  std::map<std::string, int64_t> dtypes;
+  for (const auto& [n, t] : m.named_tensors()) dtypes[dtype_name(from_torch(t.scalar_type()))] += t.numel();
+  const int64_t state_bytes = c.state_elements_per_layer() * 2;  // at bf16
+  nlohmann::ordered_json j;
+  j["model"] = dir;
+  j["architecture"] = arch_name(c.arch);
+  j["parameters"] = c.num_parameters();
+  j["layers"] = c.num_hidden_layers;
+  j["hidden_size"] = c.hidden_size;
+  j["num_heads"] = c.num_heads;
+  j["num_v_heads"] = c.n_v_heads;
+  j["head_k_dim"] = c.head_k_dim;
+  j["head_v_dim"] = c.head_v_dim;
+  j["intermediate_size"] = c.intermediate_size;
+  j["vocab_size"] = c.vocab_size;
+  j["weight_dtypes"] = dtypes;
+  j["state_shape_per_layer"] = {c.n_v_heads, c.head_k_dim, c.head_v_dim};
+  j["state_bytes_per_layer_bf16"] = state_bytes;
+  j["state_bytes_total_bf16"] = state_bytes * c.num_hidden_layers;
+  if (vm["json"].as<bool>()) {
+    std::cout << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::cout << "model          " << dir << "\n"
+            << "architecture   " << arch_name(c.arch) << "\n"
+            << "parameters     " << c.num_parameters() << " (" << std::fixed << std::setprecision(2)
+            << c.num_parameters() / 1e6 << " M)\n"
+            << "layers         " << c.num_hidden_layers << "\n"
+            << "hidden size    " << c.hidden_size << "\n"
+            << "heads          " << c.num_heads << " q/k, " << c.n_v_heads << " v\n"
+            << "head dims      dk " << c.head_k_dim << ", dv " << c.head_v_dim << "\n"
+            << "mlp width      " << c.intermediate_size << "\n"
+            << "vocab          " << c.vocab_size << "\n"
+            << "weights        ";
+  bool first = true;
+  for (const auto& [dt, n] : dtypes) std::cout << (first ? "" : ", ") << dt << " " << n, first = false;
+  std::cout << " elements\n"
+            << "state / layer  [" << c.n_v_heads << ", " << c.head_k_dim << ", " << c.head_v_dim << "] = "
+            << state_bytes << " bytes at bf16 (" << human_bytes(static_cast<double>(state_bytes)) << ")\n"
+            << "state total    " << state_bytes * c.num_hidden_layers << " bytes at bf16 ("
+            << human_bytes(static_cast<double>(state_bytes * c.num_hidden_layers)) << ")\n";
+  return kExitOk;
+}
+
+// ----------------------------------------------------------------------------------------- logits
+
+void declare_logits(po::options_description& d) {
+  d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
+      ("ids", po::value<std::string>()->required(), "comma-separated token ids, e.g. 3,17,5")
+      ("out", po::value<std::string>()->required(), "output .npy: float32 [T, vocab]");
+  add_compute_options(d);
+}
+
+int run_logits(const po::variables_map& vm) {
+  auto ids = parse_int_list(vm["ids"].as<std::string>(), "ids");
+  ForwardOptions fo = forward_options(vm);
+  LinearLM m = LinearLM::load(vm["model"].as<std::string>());
+  for (auto id : ids)
+    if (id < 0 || id >= m.config().vocab_size)
+      throw UsageError(cat("--ids: token id ", id, " is outside the vocabulary [0, ", m.config().vocab_size, ")"));
+  torch::NoGradGuard ng;
+  auto t = torch::tensor(ids, torch::kLong).unsqueeze(0);
+  auto logits = m.forward(t, nullptr, fo).squeeze(0).to(torch::kFloat32).contiguous();
+  write_npy(vm["out"].as<std::string>(), logits);
+  std::cout << "wrote logits [" << logits.size(0) << ", " << logits.size(1) << "] to " << vm["out"].as<std::string>()
+            << "\n";
+  return kExitOk;
+}
+
+// --------------------------------------------------------------------------------------- generate
+
+void declare_generate(po::options_description& d) {
+  d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
+      ("tokenizer", po::value<std::string>(),
+       "SentencePiece .model or 'bytes' (default: tokenizer.model in the model folder)")
+      ("prompt", po::value<std::string>()->required(), "prompt text")
+      ("max-new", po::value<int64_t>()->default_value(32), "tokens to generate (greedy)")
+      ("add-bos", po::value<std::string>()->default_value("true"), "prepend the tokenizer's BOS to the prompt")
+      ("ignore-eos", po::bool_switch(), "keep generating after EOS");
+  add_compute_options(d);
+}
+
+int run_generate(const po::variables_map& vm) {
+  const std::string dir = vm["model"].as<std::string>();
+  std::string tok_path;
+  if (vm.count("tokenizer")) {
+    tok_path = vm["tokenizer"].as<std::string>();
+  } else {
+    tok_path = path_join(dir, "tokenizer.model");
+    if (!file_exists(tok_path))
+      throw UsageError(cat("--tokenizer is required: '", dir, "' has no tokenizer.model"));
+  }
+  const int64_t max_new = vm["max-new"].as<int64_t>();
+  if (max_new < 0) throw UsageError("--max-new must be >= 0");
+  const bool add_bos = parse_bool(vm["add-bos"].as<std::string>(), "add-bos");
+  ForwardOptions fo = forward_options(vm);
+  auto tok = Tokenizer::load(tok_path);
+  LinearLM m = LinearLM::load(dir);
+  if (tok->vocab_size() > m.config().vocab_size)
+    throw InputError(cat("tokenizer '", tok_path, "' has ", tok->vocab_size(), " pieces but the model's vocab_size is ",
+                         m.config().vocab_size));
+  std::vector<int> prompt = tok->encode(vm["prompt"].as<std::string>());
+  if (add_bos && tok->bos_id() >= 0) prompt.insert(prompt.begin(), tok->bos_id());
+  if (prompt.empty()) throw UsageError("--prompt is empty and the tokenizer has no BOS to start from");
+
+  torch::NoGradGuard ng;
+  LmState state;
+  std::vector<int64_t> p64(prompt.begin(), prompt.end());
+  auto logits = m.forward(torch::tensor(p64, torch::kLong).unsqueeze(0), &state, fo);
+  std::cout << vm["prompt"].as<std::string>() << std::flush;
+  std::vector<int> gen;
+  std::string printed;
+  for (int64_t i = 0; i < max_new; ++i) {
+    const int64_t next = logits[0][-1].argmax().item<int64_t>();
+    if (next == tok->eos_id() && !vm["ignore-eos"].as<bool>()) break;
+    gen.push_back(static_cast<int>(next));
+    // Decode the whole continuation each step so multi-byte characters and SentencePiece's
+    // leading-space rules come out right; print only what is new.
+    std::vector<int> all(prompt.begin(), prompt.end());
+    all.insert(all.end(), gen.begin(), gen.end());
+    std::string text = tok->decode(all), head = tok->decode(prompt);
+    std::string cont = text.size() >= head.size() ? text.substr(head.size()) : text;
+    if (cont.size() > printed.size() && cont.compare(0, printed.size(), printed) == 0) {
+      std::cout << cont.substr(printed.size()) << std::flush;
+      printed = cont;
+    }
+    if (i + 1 < max_new) logits = m.forward(torch::tensor({next}, torch::kLong).unsqueeze(0), &state, fo);
+  }
+  std::cout << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_model_commands(std::vector<Command>& out) {
+  out.push_back({"init", "write a randomly initialised fla-format checkpoint",
+                 "rankprune init --arch {delta_net,gated_deltanet} --out DIR [size options]", declare_init, run_init});
+  out.push_back({"info", "architecture, parameter count and per-layer state size of a checkpoint",
+                 "rankprune info --model DIR", declare_info, run_info});
+  out.push_back({"logits", "logits of a token sequence as a float32 .npy [T, vocab]",
+                 "rankprune logits --model DIR --ids 3,17,5 --out F.npy", declare_logits, run_logits});
+  out.push_back({"generate", "greedy continuation of a prompt",
+                 "rankprune generate --model DIR [--tokenizer FILE] --prompt TEXT --max-new N", declare_generate,
+                 run_generate});
+}
+
+}  // namespace rankprune::cli

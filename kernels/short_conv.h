@@ -1,0 +1,21 @@
+// Causal depthwise 1-D convolution (fla's ShortConvolution without its activation):
+//
+//   y[t, c] = bias[c] + sum_{j=0}^{K-1} w[c, j] * x[t - (K-1) + j, c]
+//
+// with x[t < 0] taken from `cache` (the K-1 inputs before this segment) or zero. This is
+// nn.Conv1d(groups=C, padding=K-1) truncated to the first T outputs, which is what fla computes.
+//
+//   x: [B, T, C]   w: [C, K] (or fla's [C, 1, K])   bias: [C] or undefined
+//   cache: [B, C, K-1] or undefined (zeros)
+// Returns y [B, T, C] and, when `new_cache` is non-null, the last K-1 inputs for the next
+// segment ([B, C, K-1], left-filled from the old cache when T < K-1).
+#pragma once
+
+#include <torch/torch.h>
+
+namespace rankprune {
+
+torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias,
+                            const torch::Tensor& cache, torch::Tensor* new_cache = nullptr);
+
+}  // namespace rankprune

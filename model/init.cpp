@@ -1,1 +1,0 @@
-// placeholder: implementation lands in this commit series
