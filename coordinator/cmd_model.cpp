@@ -283,7 +283,9 @@ int run_generate(const po::variables_map& vm) {
   std::vector<int> gen;
   std::string printed;
   for (int64_t i = 0; i < max_new; ++i) {
-    const int64_t next = logits[0][-1].argmax().item<int64_t>();
+    // Checkpoints often pad the vocabulary past the tokenizer's pieces; only ids the tokenizer
+    // can decode are candidates.
+    const int64_t next = logits[0][-1].narrow(0, 0, tok->vocab_size()).argmax().item<int64_t>();
     if (next == tok->eos_id() && !vm["ignore-eos"].as<bool>()) break;
     gen.push_back(static_cast<int>(next));
     // Decode the whole continuation each step so multi-byte characters and SentencePiece's
