@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 BUILD_DIR=${BUILD_DIR:-build}
 PACKAGES=(
-  build-essential cmake pkg-config git ccache
+  build-essential cmake pkg-config git ccache time
   libtorch-dev                      # LibTorch 1.13 (CPU)
   libopenblas0-pthread libopenblas-dev  # a real BLAS: Debian's default reference BLAS is ~25x slower
   libboost-program-options-dev libsqlite3-dev
