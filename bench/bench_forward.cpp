@@ -13,6 +13,7 @@
 #include <iostream>
 #include <thread>
 
+#include "kernels/delta_rule.h"
 #include "model/linear_lm.h"
 
 using namespace rankprune;
@@ -86,5 +87,28 @@ int main(int argc, char** argv) {
   }
   std::cout << std::setprecision(2) << "  speed-up chunked / recurrent: body " << body[1] / body[0] << "x, with lm_head "
             << full[1] / full[0] << "x\n";
+
+  // The token-mixing path alone: the delta rule of every layer on the shapes the model feeds it
+  // (L2-normalised q/k, sigmoid beta), i.e. what differs between the two paths.
+  const int64_t H = c.n_v_heads, dk = c.head_k_dim, dv = c.head_v_dim;
+  auto norm = [](const torch::Tensor& t) { return t / t.norm(2, -1, true); };
+  auto q = norm(torch::randn({1, H, T, dk})), k = norm(torch::randn({1, H, T, dk}));
+  auto v = torch::randn({1, H, T, dv}), beta = torch::rand({1, H, T});
+  torch::Tensor g;
+  if (c.arch == Arch::GatedDeltaNet) g = -torch::rand({1, H, T}) * 0.1;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
+  double kern[2];
+  for (int i = 0; i < 2; ++i) {
+    kern[i] = c.num_hidden_layers * time_best([&] {
+      if (i == 0)
+        delta_rule_chunked(q, k, v, beta, g, {}, scale, vm["chunk"].as<int64_t>());
+      else
+        delta_rule_recurrent(q, k, v, beta, g, {}, scale);
+    });
+    std::cout << std::fixed << std::setprecision(1) << "  " << std::setw(9) << names[i] << "  delta rule only ("
+              << c.num_hidden_layers << " layers) " << std::setw(9) << T / kern[i] << " tok/s (" << std::setprecision(3)
+              << kern[i] << " s)\n";
+  }
+  std::cout << std::setprecision(2) << "  speed-up chunked / recurrent: delta rule " << kern[1] / kern[0] << "x\n";
   return 0;
 }
