@@ -2,13 +2,17 @@
 // (kernels/rrqr_reference.h: LAPACK QRCP of 5000 sampled rows per head, re-QR per swap).
 //
 //   build/bench/bench_select [--layers 24] [--heads 16] [--dk 128] [--rows 5000] [--rank 32]
-//                            [--noise 0.05] [--ref-heads 16] [--seed 1234] [--f 1.5] [--max-swaps 20]
+//                            [--noise 0.05] [--kahan-heads 0.25] [--kahan-block 48] [--kahan-c 0.3]
+//                            [--ref-heads 16] [--seed 1234] [--f 1.5] [--max-swaps 20]
 //
 // A DeltaNet-1.3B-shaped problem (24 layers x 16 heads, head_k_dim 128). Per head, synthetic
 // low-rank activations M = U V + noise ([rows, dk]; U, V Gaussian with inner rank --rank, channel
-// scales log-normal, uniform noise of std --noise relative to the signal); G = M^T M from the SAME
-// rows, so both methods see identical data and their selections are comparable. Forming G is the
-// calibration pass's job and is not timed here.
+// scales log-normal, uniform noise of std --noise relative to the signal). Such data is already
+// strong under greedy pivoting (no swaps), so in a fraction --kahan-heads of the heads the first
+// --kahan-block channels are replaced by a dominant Kahan block (orthonormal rows times a Kahan
+// matrix with parameter --kahan-c): the adversarial case for QRCP, which makes the swap path run.
+// G = M^T M from the SAME rows, so both methods see identical data and their selections are
+// comparable. Forming G is the calibration pass's job and is not timed here.
 //   (a) Gram form: one pivoted Cholesky per head + strong RRQR for all 9 ratios 0.1..0.9
 //       (k = floor(dk (1 - ratio)), at least 1), every head.
 //   (b) the paper's procedure for the same ratios (one dgeqp3 per head shared by the ratios, one
@@ -28,6 +32,7 @@
 #include <vector>
 
 #include <cblas.h>
+#include <lapacke.h>
 
 #include "kernels/rrqr.h"
 #include "kernels/rrqr_reference.h"
@@ -38,7 +43,8 @@ namespace {
 
 struct Options {
   int64_t layers = 24, heads = 16, dk = 128, rows = 5000, rank = 32, ref_heads = 16;
-  double noise = 0.05, f = 1.5;
+  double noise = 0.05, f = 1.5, kahan_heads = 0.25, kahan_c = 0.3;
+  int64_t kahan_block = 48;
   int max_swaps = 20;
   uint64_t seed = 1234;
 };
@@ -46,6 +52,7 @@ struct Options {
 [[noreturn]] void usage(const char* msg) {
   std::cerr << "bench_select: " << msg << "\n"
             << "usage: bench_select [--layers N] [--heads N] [--dk N] [--rows N] [--rank N] [--noise X]\n"
+            << "                    [--kahan-heads X] [--kahan-block N] [--kahan-c X]\n"
             << "                    [--ref-heads N] [--seed N] [--f X] [--max-swaps N]\n";
   std::exit(2);
 }
@@ -64,14 +71,23 @@ Options parse(int argc, char** argv) {
     else if (a == "--rank") o.rank = std::atoll(v);
     else if (a == "--ref-heads") o.ref_heads = std::atoll(v);
     else if (a == "--noise") o.noise = std::atof(v);
+    else if (a == "--kahan-heads") o.kahan_heads = std::atof(v);
+    else if (a == "--kahan-block") o.kahan_block = std::atoll(v);
+    else if (a == "--kahan-c") o.kahan_c = std::atof(v);
     else if (a == "--f") o.f = std::atof(v);
     else if (a == "--max-swaps") o.max_swaps = std::atoi(v);
     else if (a == "--seed") o.seed = std::strtoull(v, nullptr, 10);
     else usage(("unknown option " + a).c_str());
   }
   if (o.layers < 1 || o.heads < 1 || o.dk < 2 || o.rank < 1 || o.rows < o.dk) usage("bad sizes");
+  if (o.kahan_block < 1 || o.kahan_block > o.dk || o.kahan_c <= 0 || o.kahan_c >= 1) usage("bad Kahan block");
   o.ref_heads = std::clamp<int64_t>(o.ref_heads, 0, o.layers * o.heads);
   return o;
+}
+
+bool is_kahan_head(const Options& o, int64_t h) {
+  if (!(o.kahan_heads > 0)) return false;
+  return h % std::max<int64_t>(1, std::llround(1 / o.kahan_heads)) == 0;
 }
 
 // Head h's activations, [rows, dk] column-major; deterministic in (seed, h).
@@ -90,6 +106,23 @@ std::vector<double> head_activations(const Options& o, int64_t h) {
   // Uniform noise (cheaper than Gaussian for 640k entries a head) with std o.noise.
   std::uniform_real_distribution<double> ud(-std::sqrt(3.0) * o.noise, std::sqrt(3.0) * o.noise);
   for (double& x : m) x += ud(gen);
+
+  // Every 1/kahan_heads-th head: columns [0, b) <- scale * Z K, Z [rows, b] orthonormal, K the
+  // b x b Kahan matrix diag(s^i) (I - c * strict upper ones), columns scaled by (1 - 1e-3)^j so
+  // greedy pivoting takes them in order; scale puts the block above the low-rank signal.
+  if (is_kahan_head(o, h)) {
+    const int64_t b = o.kahan_block;
+    const double c = o.kahan_c, s = std::sqrt(1 - c * c), scale = 3 * std::sqrt(double(rows));
+    std::vector<double> z(rows * b), tau(b), k(b * b, 0.0);
+    for (double& x : z) x = nd(gen);
+    LAPACKE_dgeqrf(LAPACK_COL_MAJOR, rows, b, z.data(), rows, tau.data());
+    LAPACKE_dorgqr(LAPACK_COL_MAJOR, rows, b, b, z.data(), rows, tau.data());
+    for (int64_t i = 0; i < b; ++i)
+      for (int64_t j = i; j < b; ++j)
+        k[i + j * b] = scale * std::pow(s, double(i)) * (i == j ? 1.0 : -c) * std::pow(1 - 1e-3, double(j));
+    cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, rows, b, b, 1.0, z.data(), rows, k.data(), b, 0.0,
+                m.data(), rows);
+  }
   return m;
 }
 
@@ -109,6 +142,8 @@ int main(int argc, char** argv) {
   std::cout << "bench_select: " << o.layers << " layers x " << o.heads << " heads, dk " << n << ", "
             << o.rows << " rows/head (M = U V + noise, inner rank " << o.rank << ", noise " << o.noise
             << "), seed " << o.seed << "\n"
+            << "  Kahan block (" << o.kahan_block << " channels, c " << o.kahan_c << ") in a fraction "
+            << o.kahan_heads << " of the heads\n"
             << "  G = M^T M from the same " << o.rows << " rows; ratios 0.1..0.9 -> k =";
   for (int64_t k : ks) std::cout << " " << k;
   std::cout << "; f " << o.f << ", max swaps " << o.max_swaps << "\n"
@@ -117,14 +152,17 @@ int main(int argc, char** argv) {
 
   // Data: every head's Gram (untimed), plus M for the reference subset.
   std::vector<int64_t> ref_ids;
-  for (int64_t i = 0; i < o.ref_heads; ++i) ref_ids.push_back(i * n_heads / o.ref_heads);
+  // Spread over the model, with a varying offset so the subset mixes plain and Kahan heads.
+  const int64_t stride = o.ref_heads > 0 ? n_heads / o.ref_heads : 1;
+  for (int64_t i = 0; i < o.ref_heads; ++i) ref_ids.push_back(i * stride + i % stride);
   std::vector<std::vector<double>> grams(n_heads), ref_m;
   auto t_gen = std::chrono::steady_clock::now();
   for (int64_t h = 0; h < n_heads; ++h) {
     std::vector<double> m = head_activations(o, h);
     std::vector<double>& g = grams[h];
     g.assign(n * n, 0.0);
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, n, o.rows, 1.0, m.data(), n, 0.0, g.data(), n);
+    // M column-major [rows, n] is row-major [n, rows]: G = M^T M is that times its transpose.
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, n, o.rows, 1.0, m.data(), o.rows, 0.0, g.data(), n);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < i; ++j) g[i * n + j] = g[j * n + i];
     if (std::find(ref_ids.begin(), ref_ids.end(), h) != ref_ids.end()) ref_m.push_back(std::move(m));
@@ -159,29 +197,41 @@ int main(int argc, char** argv) {
             << deficient << ", stopped on small diag " << small_diag << "\n";
 
   if (ref_ids.empty()) return 0;
-  // (b) the paper's procedure on the subset.
+  // (b) the paper's procedure on the subset, timed per head; the extrapolation to all heads
+  // weights plain and Kahan heads by their counts, since their swap counts differ.
   int64_t agree = 0, agree_swaps = 0, ref_swaps = 0, compared = 0;
-  auto t0 = std::chrono::steady_clock::now();
-  std::vector<std::vector<ReferenceRrqrResult>> ref(ref_ids.size());
-  for (size_t i = 0; i < ref_ids.size(); ++i)
-    ref[i] = strong_rrqr_reference_many(ref_m[i].data(), o.rows, n, ks, o.f, o.max_swaps);
-  const double t_ref_subset = seconds_since(t0);
-  for (size_t i = 0; i < ref_ids.size(); ++i)
+  double t_ref_subset = 0, t_cat[2] = {0, 0};
+  int64_t n_cat_subset[2] = {0, 0}, n_cat_all[2] = {0, 0};
+  for (int64_t h = 0; h < n_heads; ++h) ++n_cat_all[is_kahan_head(o, h)];
+  for (size_t i = 0; i < ref_ids.size(); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto ref = strong_rrqr_reference_many(ref_m[i].data(), o.rows, n, ks, o.f, o.max_swaps);
+    const double dt = seconds_since(t0);
+    const int cat = is_kahan_head(o, ref_ids[i]);
+    t_ref_subset += dt;
+    t_cat[cat] += dt;
+    ++n_cat_subset[cat];
     for (size_t t = 0; t < ks.size(); ++t) {
       const auto& a = ours[ref_ids[i]][t];
-      const auto& b = ref[i][t];
       ++compared;
-      agree += a.kept == b.kept;
-      agree_swaps += a.swaps == b.swaps;
-      ref_swaps += b.swaps;
+      agree += a.kept == ref[t].kept;
+      agree_swaps += a.swaps == ref[t].swaps;
+      ref_swaps += ref[t].swaps;
     }
-  const double t_ref = t_ref_subset * double(n_heads) / double(ref_ids.size());
+  }
+  const double mean_all = t_ref_subset / double(ref_ids.size());
+  double t_ref = 0;
+  for (int cat = 0; cat < 2; ++cat)
+    t_ref += n_cat_all[cat] * (n_cat_subset[cat] > 0 ? t_cat[cat] / n_cat_subset[cat] : mean_all);
   std::cout << std::setprecision(3) << "(b) paper's procedure (dgeqp3 of " << o.rows << " x " << n
-            << " per head, dgeqrf per swap): " << t_ref_subset << " s for " << ref_ids.size() << " heads";
+            << " per head, dgeqrf per swap): " << t_ref_subset << " s for " << ref_ids.size() << " heads ("
+            << n_cat_subset[1] << " with the Kahan block; " << ref_swaps << " swaps)";
   if (int64_t(ref_ids.size()) < n_heads)
-    std::cout << " -> " << std::setprecision(1) << t_ref << " s extrapolated to " << n_heads << " heads";
-  std::cout << " (" << std::setprecision(1) << 1e3 * t_ref_subset / ref_ids.size() << " ms/head; " << ref_swaps
-            << " swaps on the subset)\n";
+    std::cout << " -> " << std::setprecision(1) << t_ref << " s extrapolated to " << n_heads << " heads ("
+              << n_cat_all[1] << " with the Kahan block)";
+  std::cout << "\n    per head: plain " << std::setprecision(1)
+            << (n_cat_subset[0] ? 1e3 * t_cat[0] / n_cat_subset[0] : 0.0) << " ms, Kahan "
+            << (n_cat_subset[1] ? 1e3 * t_cat[1] / n_cat_subset[1] : 0.0) << " ms\n";
   std::cout << "speed-up (b)/(a): " << std::setprecision(0) << t_ref / t_gram << "x\n";
   std::cout << "agreement on " << ref_ids.size() << " heads x " << ks.size() << " ratios: identical kept sets "
             << agree << "/" << compared << ", identical swap counts " << agree_swaps << "/" << compared << "\n";

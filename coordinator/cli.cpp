@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "model/linear_lm.h"
 
 namespace rankprune::cli {
 
@@ -23,6 +24,32 @@ void apply_threads(const po::variables_map& vm) {
   if (n < 0) throw UsageError(cat("--threads must be >= 0, got ", n));
   if (n == 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
+}
+
+ForwardOptions forward_options_from(const po::variables_map& vm) {
+  ForwardOptions o;
+  const std::string dt = vm["dtype"].as<std::string>();
+  if (dt == "f32")
+    o.dtype = torch::kFloat32;
+  else if (dt == "bf16")
+    o.dtype = torch::kBFloat16;
+  else if (dt == "f64")
+    o.dtype = torch::kFloat64;
+  else
+    throw UsageError(cat("--dtype: expected f32, bf16 or f64, got '", dt, "'"));
+  const std::string impl = vm["impl"].as<std::string>();
+  if (impl == "auto")
+    o.impl = DeltaRuleImpl::Auto;
+  else if (impl == "recurrent")
+    o.impl = DeltaRuleImpl::Recurrent;
+  else if (impl == "chunked")
+    o.impl = DeltaRuleImpl::Chunked;
+  else
+    throw UsageError(cat("--impl: expected auto, recurrent or chunked, got '", impl, "'"));
+  o.chunk_size = vm["chunk-size"].as<int64_t>();
+  if (o.chunk_size < 1) throw UsageError(cat("--chunk-size must be >= 1, got ", o.chunk_size));
+  apply_threads(vm);
+  return o;
 }
 
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "model/linear_lm.h"
+
 namespace rankprune::cli {
 
 namespace po = boost::program_options;
@@ -22,10 +24,13 @@ struct Command {
 
 // Registration: each cmd_*.cpp adds its commands through these (called from main).
 void register_model_commands(std::vector<Command>& out);
+void register_prune_commands(std::vector<Command>& out);
 
 // Shared option groups.
 void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads
 void apply_threads(const po::variables_map& vm);
+// ForwardOptions from --dtype/--impl/--chunk-size; applies --threads. UsageError on bad values.
+ForwardOptions forward_options_from(const po::variables_map& vm);
 
 // Parses "3,17,5" into ids; UsageError naming the option on bad input.
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option);

@@ -18,32 +18,6 @@
 namespace rankprune::cli {
 namespace {
 
-ForwardOptions forward_options(const po::variables_map& vm) {
-  ForwardOptions o;
-  const std::string dt = vm["dtype"].as<std::string>();
-  if (dt == "f32")
-    o.dtype = torch::kFloat32;
-  else if (dt == "bf16")
-    o.dtype = torch::kBFloat16;
-  else if (dt == "f64")
-    o.dtype = torch::kFloat64;
-  else
-    throw UsageError(cat("--dtype: expected f32, bf16 or f64, got '", dt, "'"));
-  const std::string impl = vm["impl"].as<std::string>();
-  if (impl == "auto")
-    o.impl = DeltaRuleImpl::Auto;
-  else if (impl == "recurrent")
-    o.impl = DeltaRuleImpl::Recurrent;
-  else if (impl == "chunked")
-    o.impl = DeltaRuleImpl::Chunked;
-  else
-    throw UsageError(cat("--impl: expected auto, recurrent or chunked, got '", impl, "'"));
-  o.chunk_size = vm["chunk-size"].as<int64_t>();
-  if (o.chunk_size < 1) throw UsageError(cat("--chunk-size must be >= 1, got ", o.chunk_size));
-  apply_threads(vm);
-  return o;
-}
-
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
@@ -110,18 +84,12 @@ int run_init(const po::variables_map& vm) {
   const int64_t nv = vm["num-v-heads"].as<int64_t>();
   if (arch == Arch::DeltaNet) {
     if (nv != 0 && nv != c.num_heads) throw UsageError("--num-v-heads is only for gated_deltanet");
-    // fla derives key_dim = int(hidden_size * expand_k): pick the double whose product truncates
-    // to exactly H * dk.
-    auto ratio = [&](int64_t dim) {
-      double r = static_cast<double>(dim) / static_cast<double>(c.hidden_size);
-      while (static_cast<int64_t>(c.hidden_size * r) < dim) r = std::nextafter(r, 1e300);
-      return r;
-    };
-    c.expand_k = ratio(c.num_heads * dk);
-    c.expand_v = ratio(c.num_heads * dv);
+    // fla derives key_dim = int(hidden_size * expand_k): pick ratios that reproduce H * dk exactly.
+    c.expand_k = fla_ratio(c.hidden_size, c.num_heads * dk);
+    c.expand_v = fla_ratio(c.hidden_size, c.num_heads * dv);
   } else {
     c.head_dim = dk;
-    c.expand_v = static_cast<double>(dv) / static_cast<double>(dk);
+    c.expand_v = fla_ratio(dk, dv);
     c.num_v_heads = nv;
   }
   c.raw = nlohmann::json::object();
@@ -225,7 +193,7 @@ void declare_logits(po::options_description& d) {
 
 int run_logits(const po::variables_map& vm) {
   auto ids = parse_int_list(vm["ids"].as<std::string>(), "ids");
-  ForwardOptions fo = forward_options(vm);
+  ForwardOptions fo = forward_options_from(vm);
   LinearLM m = LinearLM::load(vm["model"].as<std::string>());
   for (auto id : ids)
     if (id < 0 || id >= m.config().vocab_size)
@@ -265,7 +233,7 @@ int run_generate(const po::variables_map& vm) {
   const int64_t max_new = vm["max-new"].as<int64_t>();
   if (max_new < 0) throw UsageError("--max-new must be >= 0");
   const bool add_bos = parse_bool(vm["add-bos"].as<std::string>(), "add-bos");
-  ForwardOptions fo = forward_options(vm);
+  ForwardOptions fo = forward_options_from(vm);
   auto tok = Tokenizer::load(tok_path);
   LinearLM m = LinearLM::load(dir);
   if (tok->vocab_size() > m.config().vocab_size)

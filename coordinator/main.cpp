@@ -23,6 +23,7 @@ void print_overview(const std::vector<Command>& cmds, std::ostream& os) {
 int dispatch(int argc, char** argv) {
   std::vector<Command> cmds;
   register_model_commands(cmds);
+  register_prune_commands(cmds);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
       std::string(argv[1]) == "help") {
     print_overview(cmds, std::cout);

@@ -60,6 +60,28 @@ int64_t py_int_mul(double a, double b) { return static_cast<int64_t>(a * b); }
 
 }  // namespace
 
+double fla_ratio(int64_t base, int64_t target) {
+  double r = static_cast<double>(target) / static_cast<double>(base);
+  while (py_int_mul(static_cast<double>(base), r) < target) r = std::nextafter(r, 1e300);
+  return r;
+}
+
+ModelConfig ModelConfig::with_head_k_dim(int64_t k) const {
+  RP_ASSERT(k >= 1 && k <= head_k_dim, "k = ", k, ", head_k_dim = ", head_k_dim);
+  ModelConfig c = *this;
+  c.raw = to_json();
+  if (arch == Arch::DeltaNet) {
+    c.expand_k = fla_ratio(hidden_size, num_heads * k);
+  } else {
+    c.head_dim = k;
+    c.expand_v = fla_ratio(k, head_v_dim);
+  }
+  c.finalize("pruned config");
+  RP_ASSERT(c.head_k_dim == k && c.head_v_dim == head_v_dim && c.value_dim == value_dim, "pruned config sizes");
+  c.raw = c.to_json();
+  return c;
+}
+
 ModelConfig ModelConfig::defaults(Arch arch) {
   ModelConfig c;
   c.arch = arch;

@@ -17,6 +17,10 @@ enum class Arch { DeltaNet, GatedDeltaNet };
 
 const char* arch_name(Arch a);  // "delta_net" / "gated_deltanet"
 
+// The smallest double r >= target / base with Python's int(base * r) == target, so a ratio
+// written to config.json reproduces `target` exactly when fla multiplies it back.
+double fla_ratio(int64_t base, int64_t target);
+
 struct ModelConfig {
   Arch arch = Arch::DeltaNet;
 
@@ -71,6 +75,11 @@ struct ModelConfig {
 
   // Parameter count of the model this config describes.
   int64_t num_parameters() const;
+  // The config of this model with `k` query/key channels per head (values untouched), written so
+  // that fla reloads it: DeltaNet expand_k = H*k / D; Gated DeltaNet head_dim = k and expand_v =
+  // old head_v_dim / k (fla derives head_v_dim = int(head_dim * expand_v)).
+  ModelConfig with_head_k_dim(int64_t k) const;
+
   // Recurrent state elements per layer: n_v_heads * head_k_dim * head_v_dim.
   int64_t state_elements_per_layer() const { return n_v_heads * head_k_dim * head_v_dim; }
 };

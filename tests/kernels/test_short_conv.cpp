@@ -46,7 +46,9 @@ TEST(ShortConv, IsCausal) {
     x2.index_put_({0, t}, x2.index({0, t}) + 10.0);
     auto y2 = causal_conv1d(x2, w, {}, {});
     // Outputs before t are untouched; output t changes.
-    if (t > 0) EXPECT_TRUE(torch::equal(y2.index({0, Slice(0, t)}), y.index({0, Slice(0, t)}))) << "t=" << t;
+    if (t > 0) {
+      EXPECT_TRUE(torch::equal(y2.index({0, Slice(0, t)}), y.index({0, Slice(0, t)}))) << "t=" << t;
+    }
     EXPECT_FALSE(torch::equal(y2.index({0, t}), y.index({0, t}))) << "t=" << t;
   }
 }

@@ -1,0 +1,152 @@
+// Calibration and pruning commands: calibrate, prune.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "common/error.h"
+#include "common/fs.h"
+#include "coordinator/cli.h"
+#include "model/linear_lm.h"
+#include "prune/select.h"
+#include "worker/calibration.h"
+
+namespace rankprune::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+void add_data_options(po::options_description& d) {
+  d.add_options()
+      ("data", po::value<std::vector<std::string>>()->multitoken(),
+       "calibration files: .txt, .jsonl (field \"text\"), or .npy int32/int64 [N, L]")
+      ("tokenizer", po::value<std::string>(),
+       "SentencePiece .model or 'bytes' for text data (default: tokenizer.model in the model folder)")
+      ("seq-len", po::value<int64_t>()->default_value(2048), "tokens per calibration sequence")
+      ("sequences", po::value<int64_t>()->default_value(128), "number of calibration sequences")
+      ("batch-size", po::value<int64_t>()->default_value(1), "sequences per forward pass");
+}
+
+// Loads data per the options and collects statistics for `model_dir`.
+CalibrationStats calibrate_from_options(const po::variables_map& vm, const std::string& model_dir,
+                                        const LinearLM& model, const ForwardOptions& fo, uint64_t seed) {
+  if (!vm.count("data")) throw UsageError("--data is required (or --stats with prune)");
+  const auto files = vm["data"].as<std::vector<std::string>>();
+  std::string tok_path;
+  if (vm.count("tokenizer")) {
+    tok_path = vm["tokenizer"].as<std::string>();
+  } else if (file_exists(path_join(model_dir, "tokenizer.model"))) {
+    tok_path = path_join(model_dir, "tokenizer.model");
+  }
+  std::unique_ptr<Tokenizer> tok;
+  if (!tok_path.empty()) tok = Tokenizer::load(tok_path);
+  const int64_t batch = vm["batch-size"].as<int64_t>();
+  if (batch < 1) throw UsageError("--batch-size must be >= 1");
+  auto data = load_calibration_data(files, tok.get(), tok_path, vm["seq-len"].as<int64_t>(),
+                                    vm["sequences"].as<int64_t>(), seed, model.config().vocab_size);
+  std::cerr << "calibrate: " << data.ids.size(0) << " sequences x " << data.ids.size(1) << " tokens (of "
+            << data.available << " available)\n";
+  CalibrationStats s = collect_statistics(model, data.ids, batch, fo);
+  s.meta["data_sha"] = data.data_sha;
+  s.meta["seq_len"] = std::to_string(data.ids.size(1));
+  s.meta["sequences"] = std::to_string(data.ids.size(0));
+  s.meta["seed"] = std::to_string(seed);
+  return s;
+}
+
+// ------------------------------------------------------------------------------------ calibrate
+
+void declare_calibrate(po::options_description& d) {
+  d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
+      ("out", po::value<std::string>()->required(), "output statistics file (.safetensors)")
+      ("seed", po::value<uint64_t>()->default_value(0), "seed for choosing the calibration sequences");
+  add_data_options(d);
+  add_compute_options(d);
+}
+
+int run_calibrate(const po::variables_map& vm) {
+  const std::string dir = vm["model"].as<std::string>();
+  ForwardOptions fo = forward_options_from(vm);
+  LinearLM model = LinearLM::load(dir);
+  CalibrationStats s = calibrate_from_options(vm, dir, model, fo, vm["seed"].as<uint64_t>());
+  s.meta["model_sha"] = model_sha(dir);
+  s.save(vm["out"].as<std::string>());
+  std::cout << "wrote statistics of " << s.tokens << " tokens (" << s.layers << " layers x " << s.heads
+            << " heads, dk " << s.head_k_dim << ") to " << vm["out"].as<std::string>() << "\n";
+  return kExitOk;
+}
+
+// ---------------------------------------------------------------------------------------- prune
+
+void declare_prune(po::options_description& d) {
+  d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
+      ("stats", po::value<std::string>(), "statistics from `rankprune calibrate` (else calibrate from --data)")
+      ("method", po::value<std::string>()->required(), "drrqr, qrcp, l1, wanda or random")
+      ("ratio", po::value<double>()->required(), "fraction of query/key channels removed, in [0, 1)")
+      ("seed", po::value<uint64_t>()->default_value(0), "seed (random method; calibration sampling)")
+      ("out", po::value<std::string>()->required(), "output checkpoint folder (must not exist or be empty)");
+  add_data_options(d);
+  add_compute_options(d);
+}
+
+int run_prune(const po::variables_map& vm) {
+  const std::string dir = vm["model"].as<std::string>(), out = vm["out"].as<std::string>();
+  const std::string method = vm["method"].as<std::string>();
+  const double ratio = vm["ratio"].as<double>();
+  const uint64_t seed = vm["seed"].as<uint64_t>();
+  ForwardOptions fo = forward_options_from(vm);
+  // Validate everything cheap before any work or output.
+  check_method(method);
+  kept_channels(1, ratio);  // throws UsageError for a ratio out of range
+  if (is_directory(out) && !fs::is_empty(out)) throw InputError(cat("--out '", out, "' exists and is not empty"));
+  if (file_exists(out) && !is_directory(out)) throw InputError(cat("--out '", out, "' is a file"));
+
+  LinearLM model = LinearLM::load(dir);
+  CalibrationStats stats;
+  const CalibrationStats* sp = nullptr;
+  if (vm.count("stats")) {
+    const std::string sp_path = vm["stats"].as<std::string>();
+    stats = CalibrationStats::load(sp_path);
+    stats.check_matches(model.config(), model_sha(dir), sp_path);
+    sp = &stats;
+  } else if (method_needs_statistics(method)) {
+    stats = calibrate_from_options(vm, dir, model, fo, seed);
+    sp = &stats;
+  }
+  Selection sel = select_channels(model, sp, method, ratio, seed);
+  LinearLM pruned = apply_selection(model, sel);
+
+  AtomicDir tmp(out);
+  if (ratio == 0.0) {
+    // Nothing removed: the input files, byte for byte.
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_regular_file()) fs::copy_file(e.path(), fs::path(tmp.path()) / e.path().filename());
+  } else {
+    pruned.save(tmp.path());
+    for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                          "generation_config.json"})
+      if (file_exists(path_join(dir, f))) fs::copy_file(path_join(dir, f), path_join(tmp.path(), f));
+  }
+  write_file_atomic(path_join(tmp.path(), "selection.json"), sel.to_text());
+  tmp.commit();
+  const auto& c = model.config();
+  std::cout << "pruned " << dir << " with " << method << " at ratio " << ratio << ": head_k_dim " << c.head_k_dim
+            << " -> " << sel.head_k_dim << ", state/layer " << c.state_elements_per_layer() * 2 << " -> "
+            << pruned.config().state_elements_per_layer() * 2 << " bytes at bf16; wrote " << out << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_prune_commands(std::vector<Command>& out) {
+  out.push_back({"calibrate", "accumulate q/k Gram, Wanda and PCA statistics over calibration text",
+                 "rankprune calibrate --model DIR --data FILE... [--tokenizer T] --seq-len L --sequences N --seed S "
+                 "--out STATS.safetensors",
+                 declare_calibrate, run_calibrate});
+  out.push_back({"prune", "select query/key channels and write the pruned fla checkpoint",
+                 "rankprune prune --model DIR (--stats STATS | --data FILE... [--tokenizer T] --seq-len L --sequences N) "
+                 "--method M --ratio R [--seed S] --out OUTDIR",
+                 declare_prune, run_prune});
+}
+
+}  // namespace rankprune::cli

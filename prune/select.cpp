@@ -1,0 +1,170 @@
+#include "prune/select.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "common/error.h"
+#include "prune/gram_select.h"
+
+namespace rankprune {
+
+namespace {
+
+// Top-k of `score` (descending; ties -> lower index), returned ascending.
+std::vector<int64_t> top_k(const std::vector<double>& score, int64_t k) {
+  std::vector<int64_t> idx(score.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+  idx.resize(static_cast<std::size_t>(k));
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+// Per-channel scores of one layer: [H][dk] from |W| (optionally weighted per input column).
+std::vector<std::vector<double>> weight_scores(const LayerWeights& L, int64_t H, int64_t dk,
+                                               const torch::Tensor& column_weight) {
+  auto a = L.q_proj.to(torch::kFloat64).abs() + L.k_proj.to(torch::kFloat64).abs();  // [H*dk, D]
+  if (column_weight.defined()) a = a * column_weight.unsqueeze(0);
+  auto s = a.sum(1).contiguous();
+  std::vector<std::vector<double>> out(static_cast<std::size_t>(H));
+  const double* p = s.data_ptr<double>();
+  for (int64_t h = 0; h < H; ++h) out[h].assign(p + h * dk, p + (h + 1) * dk);
+  return out;
+}
+
+}  // namespace
+
+const std::vector<std::string>& selection_methods() {
+  static const std::vector<std::string> m = {"drrqr", "qrcp", "l1", "wanda", "random"};
+  return m;
+}
+
+bool method_needs_statistics(const std::string& m) { return m == "drrqr" || m == "qrcp" || m == "wanda"; }
+
+void check_method(const std::string& method) {
+  const auto& methods = selection_methods();
+  if (std::find(methods.begin(), methods.end(), method) != methods.end()) return;
+  std::string list;
+  for (const auto& m : methods) list += (list.empty() ? "" : ", ") + m;
+  throw UsageError(cat("--method: unknown method '", method, "' (expected one of ", list, ")"));
+}
+
+int64_t kept_channels(int64_t dk, double ratio) {
+  if (!(ratio >= 0.0 && ratio < 1.0))
+    throw UsageError(cat("--ratio must be in [0, 1) (the fraction of query/key channels removed), got ", ratio));
+  return std::max<int64_t>(1, static_cast<int64_t>(std::floor(static_cast<double>(dk) * (1.0 - ratio))));
+}
+
+Selection select_channels(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
+                          double ratio, uint64_t seed) {
+  check_method(method);
+  const ModelConfig& c = model.config();
+  const int64_t L = c.num_hidden_layers, H = c.num_heads, dk = c.head_k_dim;
+  Selection sel;
+  sel.method = method, sel.ratio = ratio, sel.seed = seed;
+  sel.head_k_dim = kept_channels(dk, ratio);
+  const int64_t k = sel.head_k_dim;
+  if (method_needs_statistics(method))
+    RP_CHECK_INPUT(stats != nullptr, "method '", method, "' needs calibration statistics (--stats or --data)");
+  sel.kept.resize(static_cast<std::size_t>(L));
+  int64_t swaps = 0, heads_at_limit = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    auto& layer = sel.kept[l];
+    const LayerWeights& W = model.weights().layers[l];
+    if (method == "l1" || method == "wanda") {
+      torch::Tensor colw;
+      if (method == "wanda") colw = (stats->x_sq[l] / static_cast<double>(std::max<int64_t>(1, stats->tokens))).sqrt();
+      for (auto& s : weight_scores(W, H, dk, colw)) layer.push_back(top_k(s, k));
+    } else if (method == "random") {
+      for (int64_t h = 0; h < H; ++h)
+        layer.push_back(choose_indices(dk, k, seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(l * H + h + 1))));
+    } else {
+      auto g = stats->gram[l].contiguous();  // [H, dk, dk] float64
+      for (int64_t h = 0; h < H; ++h) {
+        GramSelection r = select_from_gram(g[h].contiguous().data_ptr<double>(), dk, k, method == "drrqr");
+        swaps += r.swaps;
+        heads_at_limit += r.hit_swap_limit ? 1 : 0;
+        layer.push_back(std::move(r.kept));
+      }
+    }
+  }
+  if (method == "drrqr") sel.extra = {{"swaps", swaps}, {"heads_at_swap_limit", heads_at_limit}};
+  return sel;
+}
+
+nlohmann::ordered_json Selection::to_json() const {
+  nlohmann::ordered_json j;
+  j["method"] = method;
+  j["ratio"] = ratio;
+  j["seed"] = seed;
+  j["head_k_dim"] = head_k_dim;
+  auto layers = nlohmann::ordered_json::array();
+  for (std::size_t l = 0; l < kept.size(); ++l) layers.push_back({{"layer", l}, {"heads", kept[l]}});
+  j["layers"] = layers;
+  if (!extra.empty()) j["diagnostics"] = nlohmann::ordered_json::parse(extra.dump());
+  return j;
+}
+
+std::string Selection::to_text() const {
+  auto j = to_json();
+  std::string out = "{\n";
+  for (const char* key : {"method", "ratio", "seed", "head_k_dim"}) out += cat("  \"", key, "\": ", j[key].dump(), ",\n");
+  if (j.contains("diagnostics")) out += cat("  \"diagnostics\": ", j["diagnostics"].dump(), ",\n");
+  out += "  \"layers\": [\n";
+  for (std::size_t l = 0; l < kept.size(); ++l) {
+    out += cat("    {\"layer\": ", l, ", \"heads\": [\n");
+    for (std::size_t h = 0; h < kept[l].size(); ++h)
+      out += cat("      ", nlohmann::json(kept[l][h]).dump(), h + 1 < kept[l].size() ? ",\n" : "\n");
+    out += cat("    ]}", l + 1 < kept.size() ? ",\n" : "\n");
+  }
+  return out + "  ]\n}\n";
+}
+
+Selection Selection::from_json(const nlohmann::json& j, const std::string& src) {
+  Selection s;
+  try {
+    s.method = j.at("method").get<std::string>();
+    s.ratio = j.at("ratio").get<double>();
+    s.seed = j.value("seed", uint64_t{0});
+    s.head_k_dim = j.at("head_k_dim").get<int64_t>();
+    for (const auto& layer : j.at("layers")) s.kept.push_back(layer.at("heads").get<std::vector<std::vector<int64_t>>>());
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(cat(src, ": not a selection (", e.what(), ")"));
+  }
+  return s;
+}
+
+LinearLM apply_selection(const LinearLM& model, const Selection& sel) {
+  const ModelConfig& c = model.config();
+  const int64_t L = c.num_hidden_layers, H = c.num_heads, dk = c.head_k_dim, k = sel.head_k_dim;
+  RP_CHECK_INPUT(static_cast<int64_t>(sel.kept.size()) == L, "selection has ", sel.kept.size(),
+                 " layers; the model has ", L);
+  LmWeights w = model.weights();  // shallow: tensors shared
+  for (int64_t l = 0; l < L; ++l) {
+    const auto& heads = sel.kept[l];
+    RP_CHECK_INPUT(static_cast<int64_t>(heads.size()) == H, "selection layer ", l, " has ", heads.size(),
+                   " heads; the model has ", H);
+    std::vector<int64_t> rows;
+    for (int64_t h = 0; h < H; ++h) {
+      const auto& idx = heads[h];
+      RP_CHECK_INPUT(static_cast<int64_t>(idx.size()) == k, "selection layer ", l, " head ", h, " keeps ", idx.size(),
+                     " channels; head_k_dim is ", k);
+      for (std::size_t i = 0; i < idx.size(); ++i) {
+        RP_CHECK_INPUT(idx[i] >= 0 && idx[i] < dk && (i == 0 || idx[i] > idx[i - 1]), "selection layer ", l, " head ",
+                       h, ": channel ids must be ascending and in [0, ", dk, ")");
+        rows.push_back(h * dk + idx[i]);
+      }
+    }
+    auto index = torch::tensor(rows, torch::kLong);
+    auto& lw = w.layers[l];
+    // Depthwise conv and projection rows are indexed by the same channel: slicing is exact.
+    lw.q_proj = lw.q_proj.index_select(0, index);
+    lw.k_proj = lw.k_proj.index_select(0, index);
+    if (lw.q_conv.defined()) lw.q_conv = lw.q_conv.index_select(0, index);
+    if (lw.k_conv.defined()) lw.k_conv = lw.k_conv.index_select(0, index);
+  }
+  return LinearLM(c.with_head_k_dim(k), std::move(w));
+}
+
+}  // namespace rankprune

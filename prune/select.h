@@ -1,0 +1,57 @@
+// Channel selection: which query/key channels of every (layer, head) to keep.
+//
+// One index set per head, shared by q and k (the state's key dimension), the same count
+// k = floor(dk * (1 - ratio)) (at least 1) for every head and layer, since fla's config holds one
+// head_k_dim per model. Methods (method.md §3):
+//   drrqr  pivoted Cholesky of the Gram G = sum q q^T + k k^T + Gu-Eisenstat strong-RRQR swaps
+//   qrcp   the greedy pivots only
+//   l1     ||W_q[i,:]||_1 + ||W_k[i,:]||_1, top-k per head (no data)
+//   wanda  sum_j (|W_q[i,j]| + |W_k[i,j]|) * sqrt(mean_t x_j^2), top-k per head
+//   random seeded choice per (layer, head)
+// Pure functions of (weights, statistics, method, ratio, seed): no I/O.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/linear_lm.h"
+#include "worker/calibration.h"
+
+namespace rankprune {
+
+struct Selection {
+  std::string method;
+  double ratio = 0;
+  uint64_t seed = 0;
+  int64_t head_k_dim = 0;                                // channels kept per head
+  std::vector<std::vector<std::vector<int64_t>>> kept;  // [layer][head] ascending channel ids
+  nlohmann::json extra = nlohmann::json::object();       // method diagnostics (swaps, ...)
+
+  // {"method","ratio","head_k_dim","layers":[{"layer":0,"heads":[[...],...]},...]} (+ "seed")
+  nlohmann::ordered_json to_json() const;
+  static Selection from_json(const nlohmann::json& j, const std::string& source);
+  // selection.json text: the JSON above, one line per head's index list.
+  std::string to_text() const;
+};
+
+const std::vector<std::string>& selection_methods();  // names accepted by select_channels
+bool method_needs_statistics(const std::string& method);
+void check_method(const std::string& method);  // UsageError listing the methods
+
+// k = floor(dk * (1 - ratio)), at least 1. UsageError unless 0 <= ratio < 1.
+int64_t kept_channels(int64_t head_k_dim, double ratio);
+
+// UsageError for an unknown method or a ratio out of range; InputError when `stats` is needed
+// and missing.
+Selection select_channels(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
+                          double ratio, uint64_t seed);
+
+// A new model whose q_proj / k_proj rows and q_conv1d / k_conv1d channels are those of `sel`
+// (exact: the convolution is depthwise), with the config updated so fla reloads it. Weights keep
+// their dtype; untouched tensors are shared with `model`.
+LinearLM apply_selection(const LinearLM& model, const Selection& sel);
+
+}  // namespace rankprune

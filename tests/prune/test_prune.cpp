@@ -1,0 +1,175 @@
+// Selection and pruning: budgets, determinism, l1/wanda/random scoring by hand, and the pruned
+// model against an independent construction (the removed channels zeroed before the L2 norm in
+// the original model).
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "common/error.h"
+#include "model/safetensors.h"
+#include "prune/select.h"
+#include "tests/testing/testing.h"
+
+namespace rankprune {
+namespace {
+
+ModelConfig small_config(Arch arch, int64_t num_v_heads = 0) {
+  ModelConfig c = ModelConfig::defaults(arch);
+  c.hidden_size = 32, c.num_hidden_layers = 2, c.num_heads = 2, c.vocab_size = 64, c.intermediate_size = 64;
+  c.initializer_range = 0.3;
+  c.norm_eps = 1e-30;  // so the kernel scale dk^-1/2 cancels exactly in the output RMSNorm
+  if (arch == Arch::DeltaNet) {
+    c.expand_k = 0.5, c.expand_v = 0.5;  // dk = dv = 8
+  } else {
+    c.head_dim = 8, c.expand_v = 1.5, c.num_v_heads = num_v_heads;  // dv = 12
+  }
+  c.finalize();
+  return c;
+}
+
+struct Fixture {
+  LinearLM model;
+  CalibrationStats stats;
+};
+
+Fixture make(Arch arch, uint64_t seed, int64_t num_v_heads = 0) {
+  auto c = small_config(arch, num_v_heads);
+  LinearLM m(c, init_random_weights(c, seed, torch::kFloat64));
+  torch::manual_seed(seed);
+  auto ids = torch::randint(c.vocab_size, {4, 32}, torch::kLong);
+  auto s = collect_statistics(m, ids, 2, {torch::kFloat64});
+  return {std::move(m), std::move(s)};
+}
+
+TEST(Prune, KeptChannelsBudget) {
+  EXPECT_EQ(kept_channels(128, 0.5), 64);
+  EXPECT_EQ(kept_channels(128, 0.1), 115);  // floor(115.2)
+  EXPECT_EQ(kept_channels(128, 0.0), 128);
+  EXPECT_EQ(kept_channels(8, 0.99), 1);     // at least one
+  EXPECT_THROW(kept_channels(8, 1.0), UsageError);
+  EXPECT_THROW(kept_channels(8, -0.1), UsageError);
+}
+
+TEST(Prune, UnknownMethodAndMissingStatsAreErrors) {
+  auto f = make(Arch::DeltaNet, 1);
+  EXPECT_THROW(select_channels(f.model, &f.stats, "magnitude", 0.5, 0), UsageError);
+  EXPECT_THROW(select_channels(f.model, nullptr, "drrqr", 0.5, 0), InputError);
+  EXPECT_NO_THROW(select_channels(f.model, nullptr, "l1", 0.5, 0));
+}
+
+TEST(Prune, SelectionsAreDeterministicAndWellFormed) {
+  auto f = make(Arch::GatedDeltaNet, 2);
+  for (const auto& method : selection_methods()) {
+    auto a = select_channels(f.model, &f.stats, method, 0.5, 5);
+    auto b = select_channels(f.model, &f.stats, method, 0.5, 5);
+    EXPECT_EQ(a.kept, b.kept) << method;
+    ASSERT_EQ(a.kept.size(), 2u);
+    for (const auto& layer : a.kept)
+      for (const auto& head : layer) {
+        EXPECT_EQ(head.size(), 4u) << method;
+        EXPECT_TRUE(std::is_sorted(head.begin(), head.end()));
+        EXPECT_EQ(std::adjacent_find(head.begin(), head.end()), head.end());
+      }
+    auto back = Selection::from_json(nlohmann::json::parse(a.to_text()), "sel");
+    EXPECT_EQ(back.kept, a.kept);
+    EXPECT_EQ(back.head_k_dim, a.head_k_dim);
+  }
+  EXPECT_NE(select_channels(f.model, nullptr, "random", 0.5, 1).kept,
+            select_channels(f.model, nullptr, "random", 0.5, 2).kept);
+}
+
+TEST(Prune, L1AndWandaScoresByHand) {
+  auto f = make(Arch::DeltaNet, 3);
+  const auto& W = f.model.weights().layers[1];
+  auto sel = select_channels(f.model, &f.stats, "l1", 0.75, 0);  // keep 2 of 8
+  auto wsel = select_channels(f.model, &f.stats, "wanda", 0.75, 0);
+  auto colw = (f.stats.x_sq[1] / f.stats.tokens).sqrt();
+  for (int64_t h = 0; h < 2; ++h) {
+    std::vector<std::pair<double, int64_t>> l1, wa;
+    for (int64_t i = 0; i < 8; ++i) {
+      auto qr = W.q_proj[h * 8 + i].abs(), kr = W.k_proj[h * 8 + i].abs();
+      l1.push_back({-(qr.sum() + kr.sum()).item<double>(), i});
+      wa.push_back({-((qr + kr) * colw).sum().item<double>(), i});
+    }
+    std::sort(l1.begin(), l1.end());
+    std::sort(wa.begin(), wa.end());
+    std::vector<int64_t> e1 = {l1[0].second, l1[1].second}, e2 = {wa[0].second, wa[1].second};
+    std::sort(e1.begin(), e1.end());
+    std::sort(e2.begin(), e2.end());
+    EXPECT_EQ(sel.kept[1][h], e1);
+    EXPECT_EQ(wsel.kept[1][h], e2);
+  }
+}
+
+// The original model with the removed q/k channels zeroed at the projections: the conv outputs
+// and SiLU of those channels are exactly zero, so they drop out of the L2 norms and of every
+// q.k and k.k product — the paper's definition of removing them.
+LinearLM zero_removed(const LinearLM& m, const Selection& sel) {
+  LmWeights w = m.weights();
+  const int64_t H = m.config().num_heads, dk = m.config().head_k_dim;
+  for (std::size_t l = 0; l < w.layers.size(); ++l) {
+    auto mask = torch::zeros({H * dk}, torch::kFloat64);
+    for (int64_t h = 0; h < H; ++h)
+      for (auto i : sel.kept[l][h]) mask[h * dk + i] = 1.0;
+    w.layers[l].q_proj = w.layers[l].q_proj * mask.unsqueeze(1);
+    w.layers[l].k_proj = w.layers[l].k_proj * mask.unsqueeze(1);
+  }
+  return LinearLM(m.config(), std::move(w));
+}
+
+TEST(Prune, PrunedLogitsEqualOriginalWithChannelsDroppedBeforeNorm) {
+  for (auto arch : {Arch::DeltaNet, Arch::GatedDeltaNet}) {
+    for (int64_t nv : {0, 4}) {
+      if (arch == Arch::DeltaNet && nv) continue;
+      auto f = make(arch, 4, nv);
+      for (const char* method : {"drrqr", "l1", "random"}) {
+        auto sel = select_channels(f.model, &f.stats, method, 0.5, 9);
+        auto pruned = apply_selection(f.model, sel);
+        EXPECT_EQ(pruned.config().head_k_dim, 4);
+        EXPECT_EQ(pruned.config().head_v_dim, f.model.config().head_v_dim);
+        auto ids = torch::randint(64, {2, 80}, torch::kLong);
+        ForwardOptions o{torch::kFloat64};
+        auto got = pruned.forward(ids, nullptr, o);
+        auto ref = zero_removed(f.model, sel).forward(ids, nullptr, o);
+        double err = (got - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+        // The kernel scale (dk^-1/2 vs k^-1/2) cancels in the output RMSNorm (eps ~ 0 here).
+        EXPECT_LT(err, 1e-10) << arch_name(arch) << " nv=" << nv << " " << method;
+        // And pruning did change the model, by far more than that tolerance.
+        double moved = (f.model.forward(ids, nullptr, o) - ref).abs().max().item<double>() / ref.abs().max().item<double>();
+        EXPECT_GT(moved, 1e-3) << arch_name(arch) << " " << method;
+      }
+    }
+  }
+}
+
+TEST(Prune, RatioZeroKeepsEveryTensorBitForBit) {
+  auto f = make(Arch::GatedDeltaNet, 5);
+  auto pruned = apply_selection(f.model, select_channels(f.model, &f.stats, "drrqr", 0.0, 0));
+  auto a = f.model.named_tensors(), b = pruned.named_tensors();
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  EXPECT_EQ(pruned.config().to_json().dump(), f.model.config().to_json().dump());
+}
+
+TEST(Prune, SavedPrunedCheckpointReloadsAsFlaWould) {
+  // fla derives sizes from config.json: the written fields must reproduce the pruned shapes.
+  for (auto arch : {Arch::DeltaNet, Arch::GatedDeltaNet}) {
+    auto f = make(arch, 6);
+    auto sel = select_channels(f.model, &f.stats, "qrcp", 0.625, 0);  // keep 3 of 8
+    auto pruned = apply_selection(f.model, sel);
+    testing::TempDir tmp;
+    pruned.save(tmp.path());
+    auto cfg = ModelConfig::load(tmp.path());
+    if (arch == Arch::DeltaNet) {
+      EXPECT_EQ(static_cast<int64_t>(cfg.hidden_size * cfg.expand_k), 2 * 3);  // fla: int(D * expand_k)
+    } else {
+      EXPECT_EQ(cfg.head_dim, 3);
+      EXPECT_EQ(static_cast<int64_t>(cfg.head_dim * cfg.expand_v), 12);  // fla: int(head_dim * expand_v)
+    }
+    auto back = LinearLM::load(tmp.path());
+    auto ids = torch::randint(64, {1, 20}, torch::kLong);
+    EXPECT_TRUE(torch::equal(back.forward(ids), pruned.forward(ids))) << arch_name(arch);
+  }
+}
+
+}  // namespace
+}  // namespace rankprune

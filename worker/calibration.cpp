@@ -1,0 +1,264 @@
+#include "worker/calibration.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/fs.h"
+#include "common/sha256.h"
+#include "model/npy.h"
+#include "model/safetensors.h"
+
+namespace rankprune {
+
+namespace fs = std::filesystem;
+using torch::indexing::Slice;
+
+namespace {
+
+std::string extension(const std::string& path) {
+  std::string e = fs::path(path).extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return std::tolower(c); });
+  return e;
+}
+
+uint64_t splitmix64(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+std::vector<std::string> read_documents(const std::string& path) {
+  const std::string ext = extension(path);
+  const std::string text = read_file(path);
+  if (ext == ".txt" || ext == ".tokens" || ext == ".raw") return {text};
+  RP_CHECK_INPUT(ext == ".jsonl", "calibration data '", path,
+                 "': unknown extension (expected .txt, .jsonl with a \"text\" field, or .npy)");
+  std::vector<std::string> docs;
+  std::istringstream in(text);
+  std::string line;
+  int64_t lineno = 0;
+  while (std::getline(in, line)) {
+    ++lineno;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw InputError(cat(path, ":", lineno, ": not valid JSON: ", e.what()));
+    }
+    RP_CHECK_INPUT(j.is_object() && j.contains("text") && j["text"].is_string(), path, ":", lineno,
+                   ": expected an object with a string field \"text\"");
+    docs.push_back(j["text"].get<std::string>());
+  }
+  return docs;
+}
+
+}  // namespace
+
+std::vector<int64_t> choose_indices(int64_t n, int64_t k, uint64_t seed) {
+  RP_ASSERT(k >= 0 && k <= n, "choose ", k, " of ", n);
+  std::vector<int64_t> idx(static_cast<std::size_t>(n));
+  for (int64_t i = 0; i < n; ++i) idx[i] = i;
+  uint64_t state = seed;
+  for (int64_t i = 0; i < k; ++i) {
+    // Unbiased draw from [i, n) by rejection.
+    const uint64_t span = static_cast<uint64_t>(n - i);
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % span;
+    uint64_t r;
+    do r = splitmix64(state);
+    while (r >= limit);
+    std::swap(idx[i], idx[i + static_cast<int64_t>(r % span)]);
+  }
+  idx.resize(static_cast<std::size_t>(k));
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+CalibrationData load_calibration_data(const std::vector<std::string>& files, const Tokenizer* tok,
+                                      const std::string& tokenizer_path, int64_t seq_len, int64_t sequences,
+                                      uint64_t seed, int64_t vocab_size, bool add_bos) {
+  if (files.empty()) throw UsageError("--data: at least one calibration file is required");
+  if (seq_len < 2) throw UsageError(cat("--seq-len must be >= 2, got ", seq_len));
+  if (sequences < 1) throw UsageError(cat("--sequences must be >= 1, got ", sequences));
+  Sha256 identity;
+  identity.update(cat("rankprune-calibration-v1|L=", seq_len, "|N=", sequences, "|seed=", seed, "|bos=", add_bos));
+
+  std::vector<torch::Tensor> rows;  // candidate [L] windows or rows, in file order
+  std::vector<int64_t> stream;
+  for (const auto& f : files) {
+    RP_CHECK_INPUT(file_exists(f), "calibration data '", f, "' does not exist");
+    identity.update(cat("|file=", sha256_file(f)));
+    if (extension(f) == ".npy") {
+      auto a = read_npy(f);
+      RP_CHECK_INPUT(a.dim() == 2 && (a.scalar_type() == torch::kInt32 || a.scalar_type() == torch::kInt64), "'", f,
+                     "': expected int32 or int64 token ids of shape [N, L], got ", a.scalar_type(), " ", a.sizes());
+      RP_CHECK_INPUT(a.size(1) == seq_len, "'", f, "': rows have ", a.size(1), " tokens but --seq-len is ", seq_len);
+      a = a.to(torch::kLong);
+      if (a.numel() > 0) {
+        const int64_t lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();
+        RP_CHECK_INPUT(lo >= 0 && hi < vocab_size, "'", f, "': token id ", lo < 0 ? lo : hi,
+                       " is outside the model's vocabulary [0, ", vocab_size, ")");
+      }
+      for (int64_t i = 0; i < a.size(0); ++i) rows.push_back(a[i]);
+      continue;
+    }
+    RP_CHECK_INPUT(tok != nullptr, "calibration data '", f, "' is text: a --tokenizer is required");
+    for (const auto& doc : read_documents(f)) {
+      if (add_bos && tok->bos_id() >= 0) stream.push_back(tok->bos_id());
+      for (int id : tok->encode(doc)) stream.push_back(id);
+    }
+  }
+  if (tok && !stream.empty()) {
+    identity.update(cat("|tokenizer=", tokenizer_path == "bytes" ? std::string("bytes") : sha256_file(tokenizer_path)));
+    RP_CHECK_INPUT(tok->vocab_size() <= vocab_size, "tokenizer '", tokenizer_path, "' has ", tok->vocab_size(),
+                   " pieces but the model's vocabulary is ", vocab_size);
+    auto t = torch::tensor(stream, torch::kLong);
+    for (int64_t w = 0; (w + 1) * seq_len <= t.size(0); ++w) rows.push_back(t.narrow(0, w * seq_len, seq_len));
+  }
+  const int64_t available = static_cast<int64_t>(rows.size());
+  RP_CHECK_INPUT(available >= sequences, "calibration data too short: ", available, " sequences of ", seq_len,
+                 " tokens available in ", files.size(), " file(s) (", stream.size(), " text tokens), but --sequences is ",
+                 sequences);
+  std::vector<torch::Tensor> chosen;
+  for (int64_t i : choose_indices(available, sequences, seed)) chosen.push_back(rows[static_cast<std::size_t>(i)]);
+  CalibrationData d;
+  d.ids = torch::stack(chosen).contiguous();
+  d.data_sha = identity.hex_digest();
+  d.available = available;
+  return d;
+}
+
+// ------------------------------------------------------------------------------------------------
+
+CalibrationStats CalibrationStats::zeros(const ModelConfig& c) {
+  CalibrationStats s;
+  s.layers = c.num_hidden_layers, s.heads = c.num_heads, s.head_k_dim = c.head_k_dim, s.hidden = c.hidden_size;
+  auto o = torch::dtype(torch::kFloat64);
+  const int64_t L = s.layers, H = s.heads, d = s.head_k_dim;
+  s.gram = torch::zeros({L, H, d, d}, o);
+  s.x_sq = torch::zeros({L, s.hidden}, o);
+  s.k_sum = torch::zeros({L, H, d}, o);
+  s.k_outer = torch::zeros({L, H, d, d}, o);
+  s.q_sum = torch::zeros({L, H, d}, o);
+  s.q_outer = torch::zeros({L, H, d, d}, o);
+  return s;
+}
+
+void CalibrationStats::add(const CalibrationStats& o) {
+  RP_ASSERT(gram.sizes() == o.gram.sizes() && x_sq.sizes() == o.x_sq.sizes());
+  gram += o.gram, x_sq += o.x_sq, k_sum += o.k_sum, k_outer += o.k_outer, q_sum += o.q_sum, q_outer += o.q_outer;
+  tokens += o.tokens;
+}
+
+void CalibrationStats::save(const std::string& path) const {
+  auto m = meta;
+  m["format"] = "rankprune-calibration-stats-v1";
+  m["tokens"] = std::to_string(tokens);
+  m["layers"] = std::to_string(layers);
+  m["heads"] = std::to_string(heads);
+  m["head_k_dim"] = std::to_string(head_k_dim);
+  m["hidden_size"] = std::to_string(hidden);
+  save_safetensors(path,
+                   {{"gram", gram}, {"x_sq", x_sq}, {"k_sum", k_sum}, {"k_outer", k_outer}, {"q_sum", q_sum},
+                    {"q_outer", q_outer}},
+                   m);
+}
+
+CalibrationStats CalibrationStats::load(const std::string& path) {
+  auto f = SafetensorsFile::open(path);
+  const auto& m = f->metadata();
+  auto get = [&](const std::string& k) {
+    auto it = m.find(k);
+    RP_CHECK_INPUT(it != m.end(), "'", path, "' is not a rankprune statistics file (metadata '", k, "' missing)");
+    return it->second;
+  };
+  RP_CHECK_INPUT(get("format") == "rankprune-calibration-stats-v1", "'", path, "': unsupported statistics format '",
+                 get("format"), "'");
+  CalibrationStats s;
+  auto num = [&](const std::string& k) {
+    try {
+      return static_cast<int64_t>(std::stoll(get(k)));
+    } catch (const std::invalid_argument&) {
+      throw InputError(cat("'", path, "': metadata '", k, "' is not an integer"));
+    }
+  };
+  s.tokens = num("tokens"), s.layers = num("layers"), s.heads = num("heads"), s.head_k_dim = num("head_k_dim");
+  s.hidden = num("hidden_size");
+  s.meta = m;
+  auto tensor = [&](const std::string& n, std::vector<int64_t> shape) {
+    RP_CHECK_INPUT(f->find(n), "'", path, "': tensor '", n, "' missing");
+    auto t = f->tensor(n);
+    RP_CHECK_INPUT(t.scalar_type() == torch::kFloat64 && t.sizes() == torch::IntArrayRef(shape), "'", path,
+                   "': tensor '", n, "' must be F64 ", torch::IntArrayRef(shape), ", got ", t.scalar_type(), " ",
+                   t.sizes());
+    return t.clone();
+  };
+  const int64_t L = s.layers, H = s.heads, d = s.head_k_dim;
+  s.gram = tensor("gram", {L, H, d, d});
+  s.x_sq = tensor("x_sq", {L, s.hidden});
+  s.k_sum = tensor("k_sum", {L, H, d});
+  s.k_outer = tensor("k_outer", {L, H, d, d});
+  s.q_sum = tensor("q_sum", {L, H, d});
+  s.q_outer = tensor("q_outer", {L, H, d, d});
+  return s;
+}
+
+void CalibrationStats::check_matches(const ModelConfig& c, const std::string& msha, const std::string& p) const {
+  RP_CHECK_INPUT(layers == c.num_hidden_layers && heads == c.num_heads && head_k_dim == c.head_k_dim &&
+                     hidden == c.hidden_size,
+                 "statistics '", p, "' were computed for a model with ", layers, " layers, ", heads, " heads, head_k_dim ",
+                 head_k_dim, ", hidden ", hidden, "; this model has ", c.num_hidden_layers, ", ", c.num_heads, ", ",
+                 c.head_k_dim, ", ", c.hidden_size);
+  auto it = meta.find("model_sha");
+  if (!msha.empty() && it != meta.end())
+    RP_CHECK_INPUT(it->second == msha, "statistics '", p, "' were computed for another model (model_sha ",
+                   it->second.substr(0, 12), "…, this model is ", msha.substr(0, 12), "…)");
+}
+
+CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
+                                    const ForwardOptions& opts) {
+  RP_ASSERT(batch_size >= 1);
+  CalibrationStats s = CalibrationStats::zeros(model.config());
+  const int64_t H = s.heads, d = s.head_k_dim;
+  QkObserver obs = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& x) {
+    // q, k: [B, T, H, dk] -> [H, B*T, dk] in float64. Cost per layer: 4 * tokens * H * dk^2 flops.
+    auto qh = q.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
+    auto kh = k.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
+    s.gram[l] += torch::bmm(qh.transpose(1, 2), qh) + torch::bmm(kh.transpose(1, 2), kh);
+    s.x_sq[l] += x.to(torch::kFloat64).pow(2).reshape({-1, x.size(-1)}).sum(0);
+    auto nq = qh / (qh.pow(2).sum(-1, true) + 1e-6).sqrt();  // as the model's L2 norm
+    auto nk = kh / (kh.pow(2).sum(-1, true) + 1e-6).sqrt();
+    s.q_sum[l] += nq.sum(1), s.k_sum[l] += nk.sum(1);
+    s.q_outer[l] += torch::bmm(nq.transpose(1, 2), nq);
+    s.k_outer[l] += torch::bmm(nk.transpose(1, 2), nk);
+  };
+  torch::NoGradGuard ng;
+  for (int64_t i = 0; i < ids.size(0); i += batch_size) {
+    auto batch = ids.narrow(0, i, std::min(batch_size, ids.size(0) - i));
+    model.hidden(batch, nullptr, opts, obs);
+    s.tokens += batch.numel();
+  }
+  return s;
+}
+
+std::string model_sha(const std::string& dir) {
+  Sha256 h;
+  std::vector<std::string> files;
+  if (is_directory(dir)) {
+    for (const auto& e : fs::directory_iterator(dir)) {
+      const std::string name = e.path().filename().string();
+      if (name == "config.json" || extension(name) == ".safetensors" || name == "model.safetensors.index.json")
+        files.push_back(name);
+    }
+    std::sort(files.begin(), files.end());
+    for (const auto& n : files) h.update(cat(n, "=", sha256_file(path_join(dir, n)), ";"));
+  } else {
+    h.update(sha256_file(dir));
+  }
+  return h.hex_digest();
+}
+
+}  // namespace rankprune
