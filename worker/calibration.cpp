@@ -224,16 +224,22 @@ CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& 
   CalibrationStats s = CalibrationStats::zeros(model.config());
   const int64_t H = s.heads, d = s.head_k_dim;
   QkObserver obs = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& x) {
-    // q, k: [B, T, H, dk] -> [H, B*T, dk] in float64. Cost per layer: 4 * tokens * H * dk^2 flops.
+    // q, k: [B, T, H, dk] -> [H, B*T, dk]. The Gram, which the rank-revealing selection
+    // factorises, is formed in float64 (2 * tokens * H * dk^2 flops per layer). The PCA moments of
+    // the unit-norm vectors are formed in float32 per batch and accumulated in float64: they are
+    // a baseline's statistic, well conditioned, and float32 halves their cost.
     auto qh = q.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
     auto kh = k.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
-    s.gram[l] += torch::bmm(qh.transpose(1, 2), qh) + torch::bmm(kh.transpose(1, 2), kh);
+    auto qk = torch::cat({qh, kh}, 1);  // stacked M = [Q; K]: one G = M^T M per head
+    s.gram[l] += torch::bmm(qk.transpose(1, 2), qk);
     s.x_sq[l] += x.to(torch::kFloat64).pow(2).reshape({-1, x.size(-1)}).sum(0);
-    auto nq = qh / (qh.pow(2).sum(-1, true) + 1e-6).sqrt();  // as the model's L2 norm
-    auto nk = kh / (kh.pow(2).sum(-1, true) + 1e-6).sqrt();
-    s.q_sum[l] += nq.sum(1), s.k_sum[l] += nk.sum(1);
-    s.q_outer[l] += torch::bmm(nq.transpose(1, 2), nq);
-    s.k_outer[l] += torch::bmm(nk.transpose(1, 2), nk);
+    auto q32 = q.to(torch::kFloat32).reshape({-1, H, d}).transpose(0, 1);
+    auto k32 = k.to(torch::kFloat32).reshape({-1, H, d}).transpose(0, 1);
+    auto nq = q32 * torch::rsqrt(q32.pow(2).sum(-1, true) + 1e-6);  // as the model's L2 norm
+    auto nk = k32 * torch::rsqrt(k32.pow(2).sum(-1, true) + 1e-6);
+    s.q_sum[l] += nq.sum(1).to(torch::kFloat64), s.k_sum[l] += nk.sum(1).to(torch::kFloat64);
+    s.q_outer[l] += torch::bmm(nq.transpose(1, 2), nq).to(torch::kFloat64);
+    s.k_outer[l] += torch::bmm(nk.transpose(1, 2), nk).to(torch::kFloat64);
   };
   torch::NoGradGuard ng;
   for (int64_t i = 0; i < ids.size(0); i += batch_size) {
