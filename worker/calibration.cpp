@@ -15,6 +15,10 @@ namespace rankprune {
 namespace fs = std::filesystem;
 using torch::indexing::Slice;
 
+// BLAS symmetric rank-k update (Fortran interface, in every BLAS): C = alpha X X^T + beta C.
+extern "C" void dsyrk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
+                       const double* a, const int* lda, const double* beta, double* c, const int* ldc);
+
 namespace {
 
 std::string extension(const std::string& path) {
@@ -230,8 +234,15 @@ CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& 
     // a baseline's statistic, well conditioned, and float32 halves their cost.
     auto qh = q.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
     auto kh = k.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
-    auto qk = torch::cat({qh, kh}, 1);  // stacked M = [Q; K]: one G = M^T M per head
-    s.gram[l] += torch::bmm(qk.transpose(1, 2), qk);
+    // Stacked M = [Q; K] per head; G += M^T M by a symmetric rank-k update (half the flops of
+    // a general product). Row-major M [2N, dk] is column-major M^T, so dsyrk('U', 'N') on it
+    // writes the row-major lower triangle; collect_statistics mirrors it at the end.
+    auto qk = torch::cat({qh, kh}, 1).contiguous();  // [H, 2N, dk]
+    auto g = s.gram[l];
+    const int n = static_cast<int>(d), rows = static_cast<int>(qk.size(1));
+    const double one = 1.0;
+    for (int64_t h = 0; h < H; ++h)
+      dsyrk_("U", "N", &n, &rows, &one, qk[h].data_ptr<double>(), &n, &one, g[h].data_ptr<double>(), &n);
     s.x_sq[l] += x.to(torch::kFloat64).pow(2).reshape({-1, x.size(-1)}).sum(0);
     auto q32 = q.to(torch::kFloat32).reshape({-1, H, d}).transpose(0, 1);
     auto k32 = k.to(torch::kFloat32).reshape({-1, H, d}).transpose(0, 1);
@@ -247,6 +258,7 @@ CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& 
     model.hidden(batch, nullptr, opts, obs);
     s.tokens += batch.numel();
   }
+  s.gram = s.gram.tril() + s.gram.tril(-1).transpose(-1, -2);  // mirror the accumulated triangle
   return s;
 }
 
