@@ -8,6 +8,7 @@
 #include "common/fs.h"
 #include "coordinator/cli.h"
 #include "model/linear_lm.h"
+#include "model/safetensors.h"
 #include "prune/select.h"
 #include "worker/calibration.h"
 
@@ -81,7 +82,8 @@ int run_calibrate(const po::variables_map& vm) {
 void declare_prune(po::options_description& d) {
   d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
       ("stats", po::value<std::string>(), "statistics from `rankprune calibrate` (else calibrate from --data)")
-      ("method", po::value<std::string>()->required(), "drrqr, qrcp, l1, wanda or random")
+      ("method", po::value<std::string>()->required(), "drrqr, qrcp, l1, wanda, random or pca")
+      ("pca-include-queries", po::bool_switch(), "pca: pool query and key statistics (default: keys only)")
       ("ratio", po::value<double>()->required(), "fraction of query/key channels removed, in [0, 1)")
       ("seed", po::value<uint64_t>()->default_value(0), "seed (random method; calibration sampling)")
       ("out", po::value<std::string>()->required(), "output checkpoint folder (must not exist or be empty)");
@@ -113,12 +115,12 @@ int run_prune(const po::variables_map& vm) {
     stats = calibrate_from_options(vm, dir, model, fo, seed);
     sp = &stats;
   }
-  Selection sel = select_channels(model, sp, method, ratio, seed);
+  Selection sel = select_channels(model, sp, method, ratio, seed, vm["pca-include-queries"].as<bool>());
   LinearLM pruned = apply_selection(model, sel);
 
   AtomicDir tmp(out);
-  if (ratio == 0.0) {
-    // Nothing removed: the input files, byte for byte.
+  if (ratio == 0.0 && !sel.rotation.defined()) {
+    // Nothing removed (and nothing rotated): the input files, byte for byte.
     for (const auto& e : fs::directory_iterator(dir))
       if (e.is_regular_file()) fs::copy_file(e.path(), fs::path(tmp.path()) / e.path().filename());
   } else {
@@ -128,6 +130,9 @@ int run_prune(const po::variables_map& vm) {
       if (file_exists(path_join(dir, f))) fs::copy_file(path_join(dir, f), path_join(tmp.path(), f));
   }
   write_file_atomic(path_join(tmp.path(), "selection.json"), sel.to_text());
+  if (sel.rotation.defined())
+    save_safetensors(path_join(tmp.path(), "pca_rotation.safetensors"), {{"rotation", sel.rotation.contiguous()}},
+                     {{"shape", "[layers, heads, head_k_dim_new, head_k_dim_old]"}});
   tmp.commit();
   const auto& c = model.config();
   std::cout << "pruned " << dir << " with " << method << " at ratio " << ratio << ": head_k_dim " << c.head_k_dim

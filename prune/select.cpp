@@ -36,11 +36,13 @@ std::vector<std::vector<double>> weight_scores(const LayerWeights& L, int64_t H,
 }  // namespace
 
 const std::vector<std::string>& selection_methods() {
-  static const std::vector<std::string> m = {"drrqr", "qrcp", "l1", "wanda", "random"};
+  static const std::vector<std::string> m = {"drrqr", "qrcp", "l1", "wanda", "random", "pca"};
   return m;
 }
 
-bool method_needs_statistics(const std::string& m) { return m == "drrqr" || m == "qrcp" || m == "wanda"; }
+bool method_needs_statistics(const std::string& m) {
+  return m == "drrqr" || m == "qrcp" || m == "wanda" || m == "pca";
+}
 
 void check_method(const std::string& method) {
   const auto& methods = selection_methods();
@@ -56,8 +58,24 @@ int64_t kept_channels(int64_t dk, double ratio) {
   return std::max<int64_t>(1, static_cast<int64_t>(std::floor(static_cast<double>(dk) * (1.0 - ratio))));
 }
 
+// Top-k eigenvectors (descending eigenvalue) of the covariance of the normalised keys [H, k, dk].
+torch::Tensor pca_rotation(const CalibrationStats& s, int64_t l, int64_t k, bool include_queries) {
+  auto sum = s.k_sum[l], outer = s.k_outer[l];
+  double n = static_cast<double>(s.tokens);
+  if (include_queries) {
+    // The paper's code pools keys and queries this way: averaged sums over 2n samples.
+    sum = (s.k_sum[l] + s.q_sum[l]) / 2, outer = (s.k_outer[l] + s.q_outer[l]) / 2, n *= 2;
+  }
+  RP_CHECK_INPUT(n > 1, "pca needs statistics over at least 2 tokens");
+  auto mu = sum / n;                                                                     // [H, dk]
+  auto cov = (outer - n * mu.unsqueeze(-1) * mu.unsqueeze(-2)) / (n - 1);                // [H, dk, dk]
+  auto eig = torch::linalg_eigh(cov);                                                    // ascending
+  auto vecs = std::get<1>(eig).flip({-1});                                               // descending
+  return vecs.narrow(-1, 0, k).transpose(-1, -2).contiguous();                           // [H, k, dk]
+}
+
 Selection select_channels(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
-                          double ratio, uint64_t seed) {
+                          double ratio, uint64_t seed, bool pca_include_queries) {
   check_method(method);
   const ModelConfig& c = model.config();
   const int64_t L = c.num_hidden_layers, H = c.num_heads, dk = c.head_k_dim;
@@ -67,6 +85,14 @@ Selection select_channels(const LinearLM& model, const CalibrationStats* stats, 
   const int64_t k = sel.head_k_dim;
   if (method_needs_statistics(method))
     RP_CHECK_INPUT(stats != nullptr, "method '", method, "' needs calibration statistics (--stats or --data)");
+  if (method == "pca") {
+    std::vector<torch::Tensor> rot;
+    for (int64_t l = 0; l < L; ++l) rot.push_back(pca_rotation(*stats, l, k, pca_include_queries));
+    sel.rotation = torch::stack(rot);
+    sel.extra = {{"rotation", true}, {"include_queries", pca_include_queries},
+                 {"conv_approximation", "new filter r = sum_d T[r,d]^2 * old filter d (not exact)"}};
+    return sel;
+  }
   sel.kept.resize(static_cast<std::size_t>(L));
   int64_t swaps = 0, heads_at_limit = 0;
   for (int64_t l = 0; l < L; ++l) {
@@ -138,6 +164,26 @@ Selection Selection::from_json(const nlohmann::json& j, const std::string& src) 
 LinearLM apply_selection(const LinearLM& model, const Selection& sel) {
   const ModelConfig& c = model.config();
   const int64_t L = c.num_hidden_layers, H = c.num_heads, dk = c.head_k_dim, k = sel.head_k_dim;
+  if (sel.rotation.defined()) {
+    RP_CHECK_INPUT(sel.rotation.sizes() == torch::IntArrayRef({L, H, k, dk}), "pca rotation has shape ",
+                   sel.rotation.sizes(), "; expected [", L, ", ", H, ", ", k, ", ", dk, "]");
+    LmWeights w = model.weights();
+    for (int64_t l = 0; l < L; ++l) {
+      auto T = sel.rotation[l];  // [H, k, dk]
+      auto& lw = w.layers[l];
+      auto project = [&](const torch::Tensor& W) {  // [H*dk, D] -> [H*k, D]
+        return torch::matmul(T, W.to(torch::kFloat64).view({H, dk, -1})).reshape({H * k, -1}).to(W.scalar_type());
+      };
+      auto mix = [&](const torch::Tensor& conv) {  // [H*dk, 1, K] -> [H*k, 1, K]
+        return torch::matmul(T.pow(2), conv.to(torch::kFloat64).view({H, dk, -1}))
+            .reshape({H * k, 1, -1})
+            .to(conv.scalar_type());
+      };
+      lw.q_proj = project(lw.q_proj), lw.k_proj = project(lw.k_proj);
+      if (lw.q_conv.defined()) lw.q_conv = mix(lw.q_conv), lw.k_conv = mix(lw.k_conv);
+    }
+    return LinearLM(c.with_head_k_dim(k), std::move(w));
+  }
   RP_CHECK_INPUT(static_cast<int64_t>(sel.kept.size()) == L, "selection has ", sel.kept.size(),
                  " layers; the model has ", L);
   LmWeights w = model.weights();  // shallow: tensors shared

@@ -8,6 +8,10 @@
 //   l1     ||W_q[i,:]||_1 + ||W_k[i,:]||_1, top-k per head (no data)
 //   wanda  sum_j (|W_q[i,j]| + |W_k[i,j]|) * sqrt(mean_t x_j^2), top-k per head
 //   random seeded choice per (layer, head)
+//   pca    the only rotating method: T = top-k eigenvectors of the covariance of the L2-normalised
+//          keys (--pca-include-queries: keys and queries pooled, as the paper's code does);
+//          W_q <- T W_q, W_k <- T W_k. The depthwise conv cannot be rotated exactly; like the
+//          paper's code we approximate the new filter as sum_d T[r,d]^2 w_old[d,:].
 // Pure functions of (weights, statistics, method, ratio, seed): no I/O.
 #pragma once
 
@@ -29,6 +33,7 @@ struct Selection {
   int64_t head_k_dim = 0;                                // channels kept per head
   std::vector<std::vector<std::vector<int64_t>>> kept;  // [layer][head] ascending channel ids
   nlohmann::json extra = nlohmann::json::object();       // method diagnostics (swaps, ...)
+  torch::Tensor rotation;  // pca only: [L, H, k, dk] float64 rows = eigenvectors (kept is empty)
 
   // {"method","ratio","head_k_dim","layers":[{"layer":0,"heads":[[...],...]},...]} (+ "seed")
   nlohmann::ordered_json to_json() const;
@@ -47,8 +52,9 @@ int64_t kept_channels(int64_t head_k_dim, double ratio);
 // UsageError for an unknown method or a ratio out of range; InputError when `stats` is needed
 // and missing.
 Selection select_channels(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
-                          double ratio, uint64_t seed);
+                          double ratio, uint64_t seed, bool pca_include_queries = false);
 
+// For pca the rows are T W and the conv filters sum_d T[r,d]^2 w[d,:] (approximate).
 // A new model whose q_proj / k_proj rows and q_conv1d / k_conv1d channels are those of `sel`
 // (exact: the convolution is depthwise), with the config updated so fla reloads it. Weights keep
 // their dtype; untouched tensors are shared with `model`.

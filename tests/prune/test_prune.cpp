@@ -61,6 +61,10 @@ TEST(Prune, SelectionsAreDeterministicAndWellFormed) {
   for (const auto& method : selection_methods()) {
     auto a = select_channels(f.model, &f.stats, method, 0.5, 5);
     auto b = select_channels(f.model, &f.stats, method, 0.5, 5);
+    if (method == "pca") {  // a rotation, not an index set
+      EXPECT_TRUE(torch::equal(a.rotation, b.rotation));
+      continue;
+    }
     EXPECT_EQ(a.kept, b.kept) << method;
     ASSERT_EQ(a.kept.size(), 2u);
     for (const auto& layer : a.kept)
@@ -169,6 +173,54 @@ TEST(Prune, SavedPrunedCheckpointReloadsAsFlaWould) {
     auto ids = torch::randint(64, {1, 20}, torch::kLong);
     EXPECT_TRUE(torch::equal(back.forward(ids), pruned.forward(ids))) << arch_name(arch);
   }
+}
+
+}  // namespace
+}  // namespace rankprune
+
+namespace rankprune {
+namespace {
+
+TEST(PrunePca, RotationIsTopEigenvectorsOfKeyCovariance) {
+  auto f = make(Arch::DeltaNet, 8);
+  auto sel = select_channels(f.model, &f.stats, "pca", 0.5, 0);
+  ASSERT_TRUE(sel.rotation.defined());
+  EXPECT_EQ(sel.rotation.sizes(), (std::vector<int64_t>{2, 2, 4, 8}));
+  // Independent: stack every normalised key and diagonalise its sample covariance.
+  torch::manual_seed(8);
+  auto ids = torch::randint(64, {4, 32}, torch::kLong);  // the same ids make() calibrated on
+  std::vector<torch::Tensor> keys;
+  f.model.hidden(ids, nullptr, {torch::kFloat64},
+                 [&](int64_t l, const torch::Tensor&, const torch::Tensor& k, const torch::Tensor&) {
+                   if (l == 1) keys.push_back(k.reshape({-1, 2, 8}));
+                 });
+  auto K = torch::cat(keys);
+  for (int64_t h = 0; h < 2; ++h) {
+    auto kh = K.select(1, h);
+    kh = kh / (kh.pow(2).sum(-1, true) + 1e-6).sqrt();
+    auto centered = kh - kh.mean(0, true);
+    auto cov = centered.t().mm(centered) / (kh.size(0) - 1);
+    auto top = std::get<1>(torch::linalg_eigh(cov)).flip({-1}).narrow(1, 0, 4);  // [dk, 4]
+    auto T = sel.rotation[1][h];                                                  // [4, dk]
+    EXPECT_TRUE(torch::allclose(T.mm(T.t()), torch::eye(4, torch::kFloat64), 1e-9, 1e-9));
+    // Same subspace: the projections agree (eigenvector signs may differ).
+    EXPECT_TRUE(torch::allclose(T.t().mm(T), top.mm(top.t()), 1e-5, 1e-5)) << "head " << h;
+  }
+}
+
+TEST(PrunePca, IdentityRowsRotationEqualsSlicing) {
+  // With T made of rows of the identity, T W slices rows and T^2 = T leaves the conv exact.
+  auto f = make(Arch::GatedDeltaNet, 9);
+  auto sel = select_channels(f.model, &f.stats, "l1", 0.5, 0);
+  Selection rot = sel;
+  rot.kept.clear();
+  rot.rotation = torch::zeros({2, 2, 4, 8}, torch::kFloat64);
+  for (int64_t l = 0; l < 2; ++l)
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t r = 0; r < 4; ++r) rot.rotation[l][h][r][sel.kept[l][h][r]] = 1.0;
+  auto a = apply_selection(f.model, sel).named_tensors(), b = apply_selection(f.model, rot).named_tensors();
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
 }
 
 }  // namespace
