@@ -33,19 +33,7 @@ void write_raw(const std::string& path, const std::string& header, std::size_t d
   std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// Runs fn, requires an InputError whose message contains every one of `needles`.
-template <typename Fn>
-void expect_input_error(Fn&& fn, std::initializer_list<std::string> needles) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected InputError";
-  } catch (const InputError& e) {
-    const std::string msg = e.what();
-    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected InputError, got: " << e.what();
-  }
-}
+using rankprune::testing::expect_input_error;
 
 void expect_open_error(const std::string& path, std::initializer_list<std::string> needles) {
   expect_input_error([&] { SafetensorsFile::open(path); }, needles);

@@ -1,8 +1,13 @@
 // Helpers shared by the test binaries.
 #pragma once
 
+#include <gtest/gtest.h>
+
+#include <initializer_list>
 #include <string>
 #include <vector>
+
+#include "common/error.h"
 
 namespace rankprune::testing {
 
@@ -25,6 +30,20 @@ struct CommandResult {
   int exit_code = -1;
   std::string out;  // stdout and stderr together
 };
+
+// Runs fn, requires an InputError whose message contains every one of `needles`.
+template <typename Fn>
+void expect_input_error(Fn&& fn, std::initializer_list<std::string> needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected InputError";
+  } catch (const InputError& e) {
+    const std::string msg = e.what();
+    for (const auto& n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected InputError, got: " << e.what();
+  }
+}
 
 // Runs the built `rankprune` binary with `args` (each argument shell-quoted).
 CommandResult run_rankprune(const std::vector<std::string>& args);
