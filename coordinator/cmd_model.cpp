@@ -93,7 +93,6 @@ int run_init(const po::variables_map& vm) {
     c.num_v_heads = nv;
   }
   c.raw = nlohmann::json::object();
-  c.intermediate_size = c.intermediate_size;  // 0 -> derived in finalize
   c.finalize("--arch/size options");
   if (c.head_k_dim != dk || c.head_v_dim != dv)
     throw UsageError(cat("--head-v-dim ", dv, " is not representable with head_dim ", dk, " (fla: head_v_dim = int(head_dim * expand_v))"));
