@@ -1,0 +1,627 @@
+// Results database on SQLite: RAII statements, error mapping, open-time checks, journal mode,
+// migrations and the typed queries declared in storage/db.h. All SQL text is fixed; values are
+// bound by index.
+#include "storage/db.h"
+
+#include <sqlite3.h>
+#ifdef __linux__
+#include <sys/vfs.h>
+#endif
+
+#include <cmath>
+#include <limits>
+#include <unordered_map>
+#include <utility>
+
+#include "common/error.h"
+#include "common/fs.h"
+
+namespace rankprune::storage {
+
+namespace {
+
+constexpr int kBusyTimeoutMs = 10000;
+
+// statfs() f_type magic numbers of filesystems shared over a network or a cluster fabric.
+constexpr std::uint32_t kNetworkFsMagics[] = {
+    0x6969,      // NFS
+    0x517B,      // SMB
+    0xFF534D42,  // CIFS
+    0xFE534D42,  // SMB2
+    0x0BD00BD0,  // Lustre
+    0x47504653,  // GPFS (IBM Spectrum Scale)
+    0x19830326,  // BeeGFS
+    0x00C36400,  // CephFS
+    0xAAD7AAEA,  // PanFS
+    0x5346414F,  // OpenAFS
+    0x6B414653,  // kAFS
+    0x73757245,  // Coda
+    0x01021997,  // 9p (v9fs)
+    0x65735546,  // FUSE (sshfs, gcsfuse, ...: may be remote, so treated as such)
+    0x7461636F,  // OCFS2
+    0x01161970,  // GFS2
+};
+
+// Errors that say something about the file or its surroundings (the user can fix them), as
+// opposed to errors in our SQL or its use (InternalError).
+bool is_environment_error(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY: case SQLITE_LOCKED: case SQLITE_READONLY: case SQLITE_IOERR:
+    case SQLITE_CORRUPT: case SQLITE_FULL: case SQLITE_CANTOPEN: case SQLITE_PROTOCOL:
+    case SQLITE_NOTADB: case SQLITE_PERM: case SQLITE_NOLFS: case SQLITE_AUTH: case SQLITE_NOMEM:
+      return true;
+    default:
+      return false;
+  }
+}
+
+const char* hint(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY: case SQLITE_LOCKED:
+      return "; another process holds it locked (only one sweep may write a results database)";
+    case SQLITE_READONLY: case SQLITE_PERM: case SQLITE_CANTOPEN:
+      return "; check that the file and its directory exist and are writable";
+    case SQLITE_NOTADB: case SQLITE_CORRUPT:
+      return "; expected an SQLite results database written by rankprune";
+    case SQLITE_FULL:
+      return "; the disk is full";
+    default:
+      return "";
+  }
+}
+
+[[noreturn]] void throw_sqlite(const std::string& path, sqlite3* db, int rc, const std::string& doing) {
+  const std::string msg = cat("results database '", path, "': ", doing, ": ",
+                              db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), " (SQLite code ", rc, ")");
+  if (is_environment_error(rc)) throw InputError(msg + hint(rc));
+  throw InternalError(msg);
+}
+
+// UTC now as ISO-8601, evaluated by SQLite inside the statement.
+#define RP_SQL_NOW "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')"
+
+// Schema version 1: the tables. application_id marks the file as ours.
+constexpr const char* kMigrationV1 = R"sql(
+CREATE TABLE models(
+  id          INTEGER PRIMARY KEY,
+  path        TEXT NOT NULL,
+  sha         TEXT NOT NULL,
+  arch        TEXT NOT NULL,
+  config_json TEXT NOT NULL,
+  UNIQUE(path, sha));
+CREATE TABLE calibrations(
+  id         INTEGER PRIMARY KEY,
+  model_id   INTEGER NOT NULL REFERENCES models(id),
+  data_sha   TEXT NOT NULL,
+  seq_len    INTEGER NOT NULL CHECK(seq_len > 0),
+  sequences  INTEGER NOT NULL CHECK(sequences > 0),
+  seed       INTEGER NOT NULL,
+  n_tokens   INTEGER NOT NULL CHECK(n_tokens >= 0),
+  stats_path TEXT NOT NULL,
+  UNIQUE(model_id, data_sha, seq_len, sequences, seed));
+CREATE TABLE variants(
+  id             INTEGER PRIMARY KEY,
+  model_id       INTEGER NOT NULL REFERENCES models(id),
+  calibration_id INTEGER REFERENCES calibrations(id),
+  method         TEXT NOT NULL CHECK(method <> ''),
+  ratio          REAL NOT NULL CHECK(ratio >= 0 AND ratio < 1),
+  seed           INTEGER NOT NULL,
+  head_k_dim     INTEGER NOT NULL CHECK(head_k_dim > 0),
+  selection_json TEXT NOT NULL);
+-- Row ids start at 1, so 0 stands for "no calibration" and NULLs compare equal in the key.
+CREATE UNIQUE INDEX variants_key
+  ON variants(model_id, IFNULL(calibration_id, 0), method, ratio, seed);
+CREATE TABLE runs(
+  id        INTEGER PRIMARY KEY,
+  argv_json TEXT NOT NULL,
+  git_sha   TEXT NOT NULL,
+  host      TEXT NOT NULL,
+  started   TEXT NOT NULL,
+  finished  TEXT,
+  status    TEXT NOT NULL DEFAULT 'running'
+            CHECK(status IN ('running', 'ok', 'failed', 'interrupted')));
+CREATE TABLE jobs(
+  id               INTEGER PRIMARY KEY,
+  variant_id       INTEGER NOT NULL REFERENCES variants(id),
+  task             TEXT NOT NULL CHECK(task <> ''),
+  eval_config_json TEXT NOT NULL,
+  state            TEXT NOT NULL DEFAULT 'pending'
+                   CHECK(state IN ('pending', 'running', 'done', 'failed')),
+  attempts         INTEGER NOT NULL DEFAULT 0 CHECK(attempts >= 0),
+  started          TEXT,
+  finished         TEXT,
+  seconds          REAL CHECK(seconds IS NULL OR seconds >= 0),
+  host             TEXT,
+  rank             INTEGER,
+  run_id           INTEGER REFERENCES runs(id),
+  UNIQUE(variant_id, task, eval_config_json));
+-- value NULL = NaN (SQLite stores a bound NaN as NULL).
+CREATE TABLE metrics(
+  job_id INTEGER NOT NULL REFERENCES jobs(id),
+  name   TEXT NOT NULL CHECK(name <> ''),
+  value  REAL,
+  stderr REAL,
+  PRIMARY KEY(job_id, name));
+PRAGMA application_id = 1381000290;
+PRAGMA user_version = 1;
+)sql";
+
+// Schema version 2: failure messages, and indexes for the state and metric-name filters.
+constexpr const char* kMigrationV2 = R"sql(
+ALTER TABLE jobs ADD COLUMN error TEXT;
+CREATE INDEX jobs_state ON jobs(state);
+CREATE INDEX metrics_name ON metrics(name);
+CREATE INDEX jobs_run ON jobs(run_id);
+PRAGMA user_version = 2;
+)sql";
+
+struct Migration {
+  int version;
+  const char* sql;
+};
+constexpr Migration kMigrations[] = {{1, kMigrationV1}, {2, kMigrationV2}};
+static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == kSchemaVersion,
+              "one migration per schema version");
+static_assert(kApplicationId == 1381000290, "kMigrationV1 writes this application_id");
+
+}  // namespace
+
+bool is_network_filesystem_type(std::int64_t f_type) {
+  const auto magic = static_cast<std::uint32_t>(f_type);
+  for (std::uint32_t m : kNetworkFsMagics)
+    if (m == magic) return true;
+  return false;
+}
+
+bool on_network_filesystem(const std::string& path) {
+#ifdef __linux__
+  struct statfs st {};
+  // The file itself when it exists (follows a symlink to another mount), else its directory.
+  const std::string probe = file_exists(path) ? path : parent_dir(path);
+  if (::statfs(probe.c_str(), &st) != 0) return false;
+  return is_network_filesystem_type(static_cast<std::int64_t>(st.f_type));
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Statement: one prepared sqlite3_stmt; bind by 1-based index, step, read 0-based columns.
+
+class Statement {
+ public:
+  Statement(sqlite3* db, const std::string& path, const char* sql) : db_(db), path_(&path), sql_(sql) {
+    const int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
+    if (rc != SQLITE_OK) throw_sqlite(path, db, rc, cat("preparing `", sql, "`"));
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  Statement& int64(int i, std::int64_t v) { return check(sqlite3_bind_int64(stmt_, i, v)); }
+  Statement& real(int i, double v) { return check(sqlite3_bind_double(stmt_, i, v)); }
+  Statement& null(int i) { return check(sqlite3_bind_null(stmt_, i)); }
+  Statement& text(int i, const std::string& v) {
+    return check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+  }
+  Statement& opt_int64(int i, const std::optional<std::int64_t>& v) { return v ? int64(i, *v) : null(i); }
+  Statement& opt_real(int i, const std::optional<double>& v) { return v ? real(i, *v) : null(i); }
+
+  // True while a row is available; false when done. Errors throw (see throw_sqlite).
+  bool step() {
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    throw_sqlite(*path_, db_, rc, cat("running `", sql_, "`"));
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+  void reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+
+  bool is_null(int c) const { return sqlite3_column_type(stmt_, c) == SQLITE_NULL; }
+  std::int64_t col_int64(int c) const { return sqlite3_column_int64(stmt_, c); }
+  double col_real(int c) const { return sqlite3_column_double(stmt_, c); }
+  double col_real_or_nan(int c) const {
+    return is_null(c) ? std::numeric_limits<double>::quiet_NaN() : col_real(c);
+  }
+  std::optional<double> col_opt_real(int c) const {
+    return is_null(c) ? std::nullopt : std::optional<double>(col_real(c));
+  }
+  std::string col_text(int c) const {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, c));
+    return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, c))) : std::string();
+  }
+
+ private:
+  Statement& check(int rc) {
+    if (rc != SQLITE_OK) throw_sqlite(*path_, db_, rc, cat("binding a value to `", sql_, "`"));
+    return *this;
+  }
+
+  sqlite3* db_;
+  const std::string* path_;
+  const char* sql_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+// A cached statement borrowed for one use: reset (and its bindings cleared) when the use ends,
+// so no read stays open and the next user starts clean.
+class StatementUse {
+ public:
+  explicit StatementUse(Statement& s) : s_(&s) {}
+  ~StatementUse() { s_->reset(); }
+  StatementUse(const StatementUse&) = delete;
+  StatementUse& operator=(const StatementUse&) = delete;
+  Statement* operator->() const { return s_; }
+  Statement& operator*() const { return *s_; }
+
+ private:
+  Statement* s_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Impl: the connection and its statement cache.
+
+struct Database::Impl {
+  std::string path;
+  sqlite3* db = nullptr;
+  std::unordered_map<const char*, std::unique_ptr<Statement>> cache;  // keyed by the SQL literal
+
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {
+    cache.clear();  // statements must be finalized before the connection closes
+    if (db) sqlite3_close_v2(db);
+  }
+
+  [[noreturn]] void fail(int rc, const std::string& doing) const { throw_sqlite(path, db, rc, doing); }
+
+  StatementUse use(const char* sql) {
+    auto& slot = cache[sql];
+    if (!slot) slot = std::make_unique<Statement>(db, path, sql);
+    return StatementUse(*slot);
+  }
+
+  // Runs fixed SQL text (possibly several statements) that returns no rows.
+  void exec(const char* sql, const std::string& doing) {
+    const int rc = sqlite3_exec(db, sql, nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) fail(rc, doing);
+  }
+
+  // One-row, one-column queries (pragmas, counts), prepared for this call only.
+  std::int64_t query_int(const char* sql) {
+    Statement s(db, path, sql);
+    RP_ASSERT(s.step(), "`", sql, "` returned no row");
+    return s.col_int64(0);
+  }
+  std::string query_text(const char* sql) {
+    Statement s(db, path, sql);
+    RP_ASSERT(s.step(), "`", sql, "` returned no row");
+    return s.col_text(0);
+  }
+
+  int changes() const { return sqlite3_changes(db); }
+  std::int64_t last_id() const { return sqlite3_last_insert_rowid(db); }
+
+  void connect();
+  void check_identity();
+  void choose_journal();
+  void migrate(int target);
+  std::int64_t find_or_insert(Transaction& tx, Statement& find, Statement& insert);
+  std::string job_state(std::int64_t job_id);
+  void expect_job_changed(std::int64_t job_id, const char* action);
+};
+
+void Database::Impl::connect() {
+  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+  if (rc != SQLITE_OK) {
+    const std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    sqlite3_close_v2(db);
+    db = nullptr;
+    throw InputError(cat("cannot open results database '", path, "': ", msg,
+                         "; check that its directory exists and is writable"));
+  }
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, kBusyTimeoutMs);
+  exec("PRAGMA foreign_keys = ON", "enabling foreign keys");
+}
+
+// The first read of the file: random bytes fail here (SQLITE_NOTADB); another program's SQLite
+// file has a different application_id and tables; a newer rankprune has a higher user_version.
+void Database::Impl::check_identity() {
+  const std::int64_t objects = query_int("SELECT count(*) FROM sqlite_master");
+  const std::int64_t app_id = query_int("PRAGMA application_id");
+  const std::int64_t version = query_int("PRAGMA user_version");
+  RP_CHECK_INPUT(app_id == kApplicationId || (app_id == 0 && objects == 0), "'", path,
+                 "' is an SQLite database but not a rankprune results database (application_id ",
+                 app_id, ", ", objects, " schema objects); give a new file or a results database");
+  RP_CHECK_INPUT(version <= kSchemaVersion, "results database '", path,
+                 "' was written by a newer rankprune: schema version ", version,
+                 ", this build reads up to ", kSchemaVersion, "; use a newer rankprune");
+}
+
+// WAL lets readers run while the sweep writes, but needs shared memory between all users of the
+// file, which network filesystems do not provide: there we keep the rollback (DELETE) journal.
+void Database::Impl::choose_journal() {
+  if (path == ":memory:" || sqlite3_db_readonly(db, "main") == 1) return;
+  const bool network = on_network_filesystem(path);
+  const std::string mode =
+      query_text(network ? "PRAGMA journal_mode = DELETE" : "PRAGMA journal_mode = WAL");
+  exec(mode == "wal" ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL",
+       "setting the synchronous mode");
+}
+
+// Each migration runs in its own write transaction that ends by bumping user_version. The
+// version is read again inside the transaction, so two processes opening a new file concurrently
+// apply each step once.
+void Database::Impl::migrate(int target) {
+  for (const Migration& m : kMigrations) {
+    if (m.version > target) break;
+    Transaction tx(*this);
+    if (query_int("PRAGMA user_version") >= m.version) continue;
+    exec(m.sql, cat("migrating to schema version ", m.version));
+    tx.commit();
+  }
+}
+
+// `find` and `insert` are bound to the same key; call inside `tx`, which this commits on insert.
+std::int64_t Database::Impl::find_or_insert(Transaction& tx, Statement& find, Statement& insert) {
+  if (find.step()) return find.col_int64(0);
+  insert.run();
+  const std::int64_t id = last_id();
+  tx.commit();
+  return id;
+}
+
+std::string Database::Impl::job_state(std::int64_t job_id) {
+  auto q = use("SELECT state FROM jobs WHERE id = ?1");
+  q->int64(1, job_id);
+  RP_ASSERT(q->step(), "no job with id ", job_id, " in results database '", path, "'");
+  return q->col_text(0);
+}
+
+void Database::Impl::expect_job_changed(std::int64_t job_id, const char* action) {
+  if (changes() == 1) return;
+  const std::string state = job_state(job_id);  // asserts when the job does not exist
+  throw_internal(__FILE__, __LINE__,
+                 cat("cannot ", action, " job ", job_id, " in results database '", path, "': it is ", state));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transaction
+
+Database::Transaction::Transaction(Impl& db) : db_(&db) {
+  nested_ = sqlite3_get_autocommit(db.db) == 0;
+  db.exec(nested_ ? "SAVEPOINT rp_nested" : "BEGIN IMMEDIATE", "starting a write transaction");
+  open_ = true;
+}
+
+Database::Transaction::Transaction(Transaction&& other) noexcept
+    : db_(other.db_), nested_(other.nested_), open_(other.open_) {
+  other.open_ = false;
+}
+
+Database::Transaction::~Transaction() {
+  if (!open_) return;
+  // Errors are ignored: SQLite may already have rolled back after a failed statement.
+  sqlite3_exec(db_->db, nested_ ? "ROLLBACK TO rp_nested; RELEASE rp_nested" : "ROLLBACK", nullptr,
+               nullptr, nullptr);
+}
+
+void Database::Transaction::commit() {
+  RP_ASSERT(open_, "transaction on '", db_->path, "' already committed");
+  db_->exec(nested_ ? "RELEASE rp_nested" : "COMMIT", "committing");
+  open_ = false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Database
+
+Database::Database(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Database::Database(Database&&) noexcept = default;
+Database& Database::operator=(Database&&) noexcept = default;
+Database::~Database() = default;
+
+Database Database::open(const std::string& path) { return open_at_version(path, kSchemaVersion); }
+
+Database Database::open_at_version(const std::string& path, int version) {
+  RP_ASSERT(version >= 1 && version <= kSchemaVersion, "schema version ", version);
+  if (path.empty()) throw UsageError("the results database path is empty");
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  impl->connect();
+  impl->check_identity();  // before anything that writes: a refused file stays untouched
+  impl->choose_journal();
+  impl->migrate(version);
+  return Database(std::move(impl));
+}
+
+const std::string& Database::path() const { return impl_->path; }
+
+int Database::schema_version() const {
+  return static_cast<int>(impl_->query_int("PRAGMA user_version"));
+}
+
+std::string Database::journal_mode() const { return impl_->query_text("PRAGMA journal_mode"); }
+
+Database::Transaction Database::transaction() { return Transaction(*impl_); }
+
+std::int64_t Database::begin_run(const std::string& argv_json, const std::string& git_sha,
+                                 const std::string& host) {
+  auto q = impl_->use("INSERT INTO runs(argv_json, git_sha, host, started) VALUES(?1, ?2, ?3, " RP_SQL_NOW ")");
+  q->text(1, argv_json).text(2, git_sha).text(3, host).run();
+  return impl_->last_id();
+}
+
+void Database::end_run(std::int64_t run_id, const std::string& status) {
+  RP_ASSERT(status == "ok" || status == "failed" || status == "interrupted", "run status '", status, "'");
+  auto q = impl_->use("UPDATE runs SET finished = " RP_SQL_NOW ", status = ?2 WHERE id = ?1");
+  q->int64(1, run_id).text(2, status).run();
+  RP_ASSERT(impl_->changes() == 1, "no run with id ", run_id, " in results database '", impl_->path, "'");
+}
+
+std::int64_t Database::ensure_model(const ModelRecord& m) {
+  Transaction tx = transaction();
+  auto find = impl_->use("SELECT id FROM models WHERE path = ?1 AND sha = ?2");
+  find->text(1, m.path).text(2, m.sha);
+  auto insert = impl_->use("INSERT INTO models(path, sha, arch, config_json) VALUES(?1, ?2, ?3, ?4)");
+  insert->text(1, m.path).text(2, m.sha).text(3, m.arch).text(4, m.config_json);
+  return impl_->find_or_insert(tx, *find, *insert);
+}
+
+std::int64_t Database::ensure_calibration(const CalibrationRecord& c) {
+  Transaction tx = transaction();
+  auto find = impl_->use(
+      "SELECT id FROM calibrations WHERE model_id = ?1 AND data_sha = ?2 AND seq_len = ?3 "
+      "AND sequences = ?4 AND seed = ?5");
+  find->int64(1, c.model_id).text(2, c.data_sha).int64(3, c.seq_len).int64(4, c.sequences).int64(5, c.seed);
+  auto insert = impl_->use(
+      "INSERT INTO calibrations(model_id, data_sha, seq_len, sequences, seed, n_tokens, stats_path) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+  insert->int64(1, c.model_id).text(2, c.data_sha).int64(3, c.seq_len).int64(4, c.sequences);
+  insert->int64(5, c.seed).int64(6, c.n_tokens).text(7, c.stats_path);
+  return impl_->find_or_insert(tx, *find, *insert);
+}
+
+std::int64_t Database::ensure_variant(const VariantRecord& v) {
+  Transaction tx = transaction();
+  auto find = impl_->use(
+      "SELECT id FROM variants WHERE model_id = ?1 AND IFNULL(calibration_id, 0) = IFNULL(?2, 0) "
+      "AND method = ?3 AND ratio = ?4 AND seed = ?5");
+  find->int64(1, v.model_id).opt_int64(2, v.calibration_id).text(3, v.method).real(4, v.ratio).int64(5, v.seed);
+  auto insert = impl_->use(
+      "INSERT INTO variants(model_id, calibration_id, method, ratio, seed, head_k_dim, selection_json) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+  insert->int64(1, v.model_id).opt_int64(2, v.calibration_id).text(3, v.method).real(4, v.ratio);
+  insert->int64(5, v.seed).int64(6, v.head_k_dim).text(7, v.selection_json);
+  return impl_->find_or_insert(tx, *find, *insert);
+}
+
+std::int64_t Database::ensure_job(std::int64_t variant_id, const std::string& task,
+                                  const std::string& eval_config_json) {
+  Transaction tx = transaction();
+  auto find = impl_->use("SELECT id FROM jobs WHERE variant_id = ?1 AND task = ?2 AND eval_config_json = ?3");
+  find->int64(1, variant_id).text(2, task).text(3, eval_config_json);
+  auto insert = impl_->use("INSERT INTO jobs(variant_id, task, eval_config_json) VALUES(?1, ?2, ?3)");
+  insert->int64(1, variant_id).text(2, task).text(3, eval_config_json);
+  return impl_->find_or_insert(tx, *find, *insert);
+}
+
+std::string Database::job_state(std::int64_t job_id) const { return impl_->job_state(job_id); }
+
+void Database::start_job(std::int64_t job_id, const std::string& host, int rank, std::int64_t run_id) {
+  auto q = impl_->use(
+      "UPDATE jobs SET state = 'running', attempts = attempts + 1, started = " RP_SQL_NOW
+      ", finished = NULL, seconds = NULL, host = ?2, rank = ?3, run_id = ?4 "
+      "WHERE id = ?1 AND state IN ('pending', 'failed')");
+  q->int64(1, job_id).text(2, host).int64(3, rank);
+  if (run_id > 0) q->int64(4, run_id);  // 0 = no run: NULL
+  q->run();
+  impl_->expect_job_changed(job_id, "start");
+}
+
+void Database::complete_job(std::int64_t job_id, const std::vector<MetricValue>& metrics, double seconds) {
+  RP_ASSERT(!metrics.empty(), "job ", job_id, ": no metrics to store");
+  RP_ASSERT(std::isfinite(seconds) && seconds >= 0, "job ", job_id, ": seconds ", seconds);
+  Transaction tx = transaction();
+  const std::string state = impl_->job_state(job_id);
+  RP_ASSERT(state != "done", "job ", job_id, " in results database '", impl_->path, "' is already done");
+  {
+    auto insert = impl_->use("INSERT INTO metrics(job_id, name, value, stderr) VALUES(?1, ?2, ?3, ?4)");
+    for (const MetricValue& m : metrics) {
+      insert->int64(1, job_id).text(2, m.name).real(3, m.value).opt_real(4, m.stderr_value).run();
+      insert->reset();
+    }
+  }
+  auto done = impl_->use("UPDATE jobs SET state = 'done', finished = " RP_SQL_NOW ", seconds = ?2 WHERE id = ?1");
+  done->int64(1, job_id).real(2, seconds).run();
+  tx.commit();
+}
+
+void Database::fail_job(std::int64_t job_id, const std::string& error) {
+  auto q = impl_->use(
+      "UPDATE jobs SET state = 'failed', finished = " RP_SQL_NOW ", error = ?2 "
+      "WHERE id = ?1 AND state <> 'done'");
+  q->int64(1, job_id).text(2, error).run();
+  impl_->expect_job_changed(job_id, "fail");
+}
+
+int Database::reset_interrupted_jobs() {
+  auto q = impl_->use("UPDATE jobs SET state = 'pending' WHERE state = 'running'");
+  q->run();
+  return impl_->changes();
+}
+
+std::vector<ResultRow> Database::results(const ResultFilter& f) const {
+  auto q = impl_->use(
+      "SELECT m.path, v.method, v.ratio, v.seed, v.head_k_dim, j.task, x.name, x.value, x.stderr "
+      "FROM metrics x JOIN jobs j ON j.id = x.job_id JOIN variants v ON v.id = j.variant_id "
+      "JOIN models m ON m.id = v.model_id "
+      "WHERE j.state = 'done' AND (?1 = '' OR m.path = ?1) AND (?2 = '' OR j.task = ?2) "
+      "AND (?3 = '' OR x.name = ?3) AND (?4 = '' OR v.method = ?4) "
+      "ORDER BY j.task, x.name, v.method, v.ratio, v.seed, m.path, j.id");
+  q->text(1, f.model).text(2, f.task).text(3, f.metric).text(4, f.method);
+  std::vector<ResultRow> rows;
+  while (q->step()) {
+    ResultRow r;
+    r.model = q->col_text(0);
+    r.method = q->col_text(1);
+    r.ratio = q->col_real(2);
+    r.seed = q->col_int64(3);
+    r.head_k_dim = static_cast<int>(q->col_int64(4));
+    r.task = q->col_text(5);
+    r.metric = q->col_text(6);
+    r.value = q->col_real_or_nan(7);
+    r.stderr_value = q->col_opt_real(8);
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+std::vector<JobRow> Database::jobs(const JobFilter& f) const {
+  if (!f.state.empty() && f.state != "pending" && f.state != "running" && f.state != "done" &&
+      f.state != "failed")
+    throw UsageError(cat("unknown job state '", f.state, "'; expected pending, running, done or failed"));
+  // error is reported for failed jobs only; it stays stored after a successful retry.
+  auto q = impl_->use(
+      "SELECT j.id, m.path, v.method, v.ratio, v.seed, j.task, j.state, j.attempts, IFNULL(j.host, ''), "
+      "IFNULL(j.rank, 0), IFNULL(j.started, ''), IFNULL(j.finished, ''), IFNULL(j.seconds, 0), "
+      "CASE WHEN j.state = 'failed' THEN IFNULL(j.error, '') ELSE '' END "
+      "FROM jobs j JOIN variants v ON v.id = j.variant_id JOIN models m ON m.id = v.model_id "
+      "WHERE ?1 = '' OR j.state = ?1 ORDER BY j.id");
+  q->text(1, f.state);
+  std::vector<JobRow> rows;
+  while (q->step()) {
+    JobRow r;
+    r.id = q->col_int64(0);
+    r.model = q->col_text(1);
+    r.method = q->col_text(2);
+    r.ratio = q->col_real(3);
+    r.seed = q->col_int64(4);
+    r.task = q->col_text(5);
+    r.state = q->col_text(6);
+    r.attempts = static_cast<int>(q->col_int64(7));
+    r.host = q->col_text(8);
+    r.rank = static_cast<int>(q->col_int64(9));
+    r.started = q->col_text(10);
+    r.finished = q->col_text(11);
+    r.seconds = q->col_real(12);
+    r.error = q->col_text(13);
+    rows.push_back(std::move(r));
+  }
+  return rows;
+}
+
+std::int64_t Database::count_metrics() const { return impl_->query_int("SELECT count(*) FROM metrics"); }
+
+}  // namespace rankprune::storage

@@ -1,0 +1,316 @@
+// storage/report.h: the self-contained HTML report. Coordinates are computed by hand in comments.
+// RANKPRUNE_REPORT_SAMPLE=<path> makes ReportSample.WritesRealisticSample write a realistic report
+// there (used by scripts/screenshot_report.sh checks and docs/report.md).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "storage/report.h"
+
+namespace rankprune::storage {
+namespace {
+
+ResultRow row(const std::string& method, double ratio, std::int64_t seed, const std::string& task,
+              const std::string& metric, double value, std::optional<double> se = std::nullopt,
+              const std::string& model = "fixtures/delta_net") {
+  ResultRow r;
+  r.model = model;
+  r.method = method;
+  r.ratio = ratio;
+  r.seed = seed;
+  r.head_k_dim = static_cast<int>(std::lround(128 * (1 - ratio)));
+  r.task = task;
+  r.metric = metric;
+  r.value = value;
+  r.stderr_value = se;
+  return r;
+}
+
+std::size_t count(const std::string& hay, const std::string& needle) {
+  std::size_t n = 0;
+  for (std::size_t p = hay.find(needle); p != std::string::npos; p = hay.find(needle, p + 1)) ++n;
+  return n;
+}
+
+ReportInput small_input() {
+  ReportInput in;
+  in.title = "rankprune sweep: fixtures/delta_net";
+  in.generated_at = "2024-05-01T12:00:00Z";
+  in.facts = {{"database", "/tmp/results.db"}, {"git", "abc123"}};
+  in.results = {row("none", 0, 0, "wikitext", "word_perplexity", 31.4),
+                row("drrqr", 0.5, 0, "wikitext", "word_perplexity", 40.0),
+                row("random", 0.5, 0, "wikitext", "word_perplexity", 80.0),
+                row("random", 0.5, 1, "wikitext", "word_perplexity", 90.0),
+                row("none", 0, 0, "piqa", "acc", 0.78, 0.0096),
+                row("drrqr", 0.5, 0, "piqa", "acc", 0.74, 0.0102)};
+  JobRow j;
+  j.id = 7;
+  j.model = "fixtures/delta_net";
+  j.method = "drrqr";
+  j.ratio = 0.5;
+  j.task = "piqa";
+  j.state = "failed";
+  j.error = "boom <script>alert(1)</script>";
+  in.jobs = {j};
+  return in;
+}
+
+TEST(ReportHtml, WellFormedAndSelfContained) {
+  std::string h = render_report_html(small_input());
+  EXPECT_EQ(h.rfind("<!DOCTYPE html>", 0), 0u);
+  EXPECT_EQ(count(h, "<html"), 1u);
+  EXPECT_EQ(count(h, "</html>"), 1u);
+  EXPECT_EQ(count(h, "<body>"), 1u);
+  EXPECT_EQ(count(h, "</body>"), 1u);
+  EXPECT_EQ(count(h, "<style>"), 1u);
+  // one plot per (task, metric): (piqa, acc) and (wikitext, word_perplexity)
+  EXPECT_EQ(count(h, "<svg"), 2u);
+  EXPECT_EQ(count(h, "</svg>"), 2u);
+  EXPECT_EQ(count(h, "<figure>"), count(h, "</figure>"));
+  EXPECT_EQ(count(h, "<table"), count(h, "</table>"));
+  // nothing external
+  for (const char* bad : {"http", "<script", "<link", "<img", "src=", "url(", "@import", "@font-face"})
+    EXPECT_EQ(h.find(bad), std::string::npos) << bad;
+  // tables and jobs below the plots
+  std::size_t plots = h.find("<h2>Plots</h2>"), tables = h.find("<h2>Tables</h2>"), jobs = h.find("<h2>Jobs</h2>");
+  ASSERT_NE(plots, std::string::npos);
+  EXPECT_LT(plots, tables);
+  EXPECT_LT(tables, jobs);
+  EXPECT_NE(h.find("85.00 (2 seeds)"), std::string::npos);  // (80 + 90) / 2, as in the table format
+  EXPECT_NE(h.find("1 job: 1 failed (model fixtures/delta_net)"), std::string::npos);
+  EXPECT_NE(h.find("state-failed"), std::string::npos);
+}
+
+TEST(ReportHtml, EscapesAllText) {
+  ReportInput in = small_input();
+  const std::string nasty = "fixtures/<a&b>\"q\"";
+  in.title = "rankprune sweep: " + nasty;
+  in.facts.push_back({"models", nasty});
+  for (auto& r : in.results) r.model = nasty;
+  in.results.push_back(row("my<method>", 0.5, 0, "piqa", "acc", 0.7, std::nullopt, nasty));
+  in.jobs[0].model = nasty;
+  std::string h = render_report_html(in);
+  EXPECT_EQ(h.find("<a&b>"), std::string::npos);
+  EXPECT_EQ(h.find("<method>"), std::string::npos);
+  EXPECT_EQ(h.find("<script>"), std::string::npos);
+  EXPECT_NE(h.find("fixtures/&lt;a&amp;b&gt;&quot;q&quot;"), std::string::npos);
+  EXPECT_NE(h.find("<title>rankprune sweep: fixtures/&lt;a&amp;b&gt;&quot;q&quot;</title>"), std::string::npos);
+  EXPECT_NE(h.find("my&lt;method&gt;"), std::string::npos);
+  EXPECT_NE(h.find("boom &lt;script&gt;alert(1)&lt;/script&gt;"), std::string::npos);
+  EXPECT_EQ(html_escape("a'b"), "a&#39;b");
+}
+
+TEST(ReportPlot, LogScaleDecision) {
+  EXPECT_TRUE(use_log_scale("word_perplexity", {31.4, 12000.0}));
+  EXPECT_TRUE(use_log_scale("perplexity", {3.0, std::numeric_limits<double>::infinity()}));
+  EXPECT_FALSE(use_log_scale("acc", {0.5, 0.7}));
+  EXPECT_FALSE(use_log_scale("bits_per_byte", {0.9, 1.2}));
+  EXPECT_FALSE(use_log_scale("word_perplexity", {-1.0, 3.0}));  // not positive: linear
+  EXPECT_FALSE(use_log_scale("word_perplexity", {std::nan("")}));
+
+  auto pivots = build_pivots(small_input().results);
+  ASSERT_EQ(pivots.size(), 2u);
+  EXPECT_FALSE(plot_frame(pivots[0]).log_y);  // piqa acc
+  EXPECT_TRUE(plot_frame(pivots[1]).log_y);   // wikitext word_perplexity
+  EXPECT_NE(render_plot(pivots[1]).svg.find("word_perplexity (log scale)"), std::string::npos);
+  EXPECT_EQ(render_plot(pivots[0]).svg.find("(log scale)"), std::string::npos);
+}
+
+TEST(ReportPlot, CoordinateMappingByHand) {
+  PlotFrame f;
+  f.x_lo = 0;
+  f.x_hi = 1;
+  f.y_lo = 0;
+  f.y_hi = 100;
+  f.left = 100;
+  f.right = 500;
+  f.top = 50;
+  f.bottom = 250;
+  auto p = to_svg(f, 0.25, 40);  // x: 100 + 0.25 * 400; y: 250 - 0.4 * 200
+  EXPECT_DOUBLE_EQ(p.first, 200);
+  EXPECT_DOUBLE_EQ(p.second, 170);
+  f.log_y = true;
+  f.y_lo = 1;
+  f.y_hi = 1000;
+  p = to_svg(f, 1, 10);  // log10: 1/3 of the way up: 250 - 200 / 3
+  EXPECT_DOUBLE_EQ(p.first, 500);
+  EXPECT_NEAR(p.second, 250 - 200.0 / 3, 1e-9);
+  EXPECT_NEAR(to_svg(f, 0, 1000).second, 50, 1e-9);
+}
+
+TEST(ReportPlot, TwoPointPolylineByHand) {
+  std::vector<ResultRow> rows = {row("drrqr", 0.25, 0, "t", "acc", 10), row("drrqr", 0.5, 0, "t", "acc", 20)};
+  auto pivots = build_pivots(rows);
+  ASSERT_EQ(pivots.size(), 1u);
+  PlotFrame f = plot_frame(pivots[0]);
+  // x: [0, 0.5] padded by 0.025; y: [10, 20] padded by 0.8
+  EXPECT_DOUBLE_EQ(f.x_lo, -0.025);
+  EXPECT_DOUBLE_EQ(f.x_hi, 0.525);
+  EXPECT_DOUBLE_EQ(f.y_lo, 9.2);
+  EXPECT_DOUBLE_EQ(f.y_hi, 20.8);
+  EXPECT_FALSE(f.log_y);
+  // x(0.25) = 70 + 0.275 / 0.55 * 410 = 275;      y(10) = 330 - 0.8 / 11.6 * 310 = 308.6207
+  // x(0.5)  = 70 + 0.525 / 0.55 * 410 = 461.3636; y(20) = 330 - 10.8 / 11.6 * 310 = 41.3793
+  std::string svg = render_plot(pivots[0]).svg;
+  EXPECT_NE(svg.find("points=\"275.00,308.62 461.36,41.38\""), std::string::npos) << svg;
+  EXPECT_EQ(count(svg, "<polyline"), 1u);
+  EXPECT_NE(svg.find("stroke=\"" + method_color("drrqr") + "\""), std::string::npos);
+  EXPECT_EQ(svg.find("unpruned"), std::string::npos);  // no baseline rows
+}
+
+TEST(ReportPlot, NonFiniteValuesAreSkippedAndNoted) {
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<ResultRow> rows = {row("none", 0, 0, "t", "acc", 0.8),
+                                 row("drrqr", 0.25, 0, "t", "acc", 0.7),
+                                 row("drrqr", 0.5, 0, "t", "acc", 0.6),
+                                 row("drrqr", 0.75, 0, "t", "acc", std::nan("")),
+                                 row("random", 0.5, 0, "t", "acc", 0.5),
+                                 row("random", 0.5, 1, "t", "acc", inf),
+                                 row("random", 0.5, 2, "t", "acc", 0.4)};
+  auto pivots = build_pivots(rows);
+  PlotFrame f = plot_frame(pivots[0]);
+  // plotted values only: baseline 0.8, drrqr 0.7 / 0.6 (random's mean is inf, its finite seeds
+  // 0.4 / 0.5 are not drawn); span 0.2, pad 0.016
+  EXPECT_NEAR(f.y_lo, 0.6 - 0.016, 1e-12);
+  EXPECT_NEAR(f.y_hi, 0.8 + 0.016, 1e-12);
+  PlotSvg p = render_plot(pivots[0]);
+  EXPECT_EQ(p.svg.find("nan"), std::string::npos);
+  EXPECT_EQ(p.svg.find("inf"), std::string::npos);
+  ASSERT_EQ(p.notes.size(), 2u);
+  EXPECT_EQ(p.notes[0], "drrqr at ratio 0.75 not plotted (value is nan)");
+  EXPECT_EQ(p.notes[1], "random at ratio 0.5 not plotted (mean is inf; 1 of 3 seeds non-finite)");
+  // drrqr keeps its two finite points as one line
+  EXPECT_EQ(count(p.svg, "<polyline"), 1u);
+  std::size_t pts = p.svg.find("points=\"");
+  ASSERT_NE(pts, std::string::npos);
+  std::string list = p.svg.substr(pts + 8, p.svg.find('"', pts + 8) - pts - 8);
+  EXPECT_EQ(count(list, ","), 2u) << list;
+  std::string h = render_report_html(ReportInput{"t", "now", {}, rows, {}});
+  EXPECT_NE(h.find("drrqr at ratio 0.75 not plotted (value is nan)"), std::string::npos);
+}
+
+TEST(ReportPlot, BaselineOnlyAndSingleRatio) {
+  auto only_base = build_pivots({row("none", 0, 0, "lambada_openai", "acc", 0.41)});
+  PlotSvg b = render_plot(only_base[0]);
+  EXPECT_NE(b.svg.find("stroke-dasharray"), std::string::npos);
+  EXPECT_NE(b.svg.find("unpruned 0.4100"), std::string::npos);
+  ASSERT_EQ(b.notes.size(), 1u);
+  EXPECT_EQ(b.notes[0], "only the unpruned baseline was evaluated");
+  PlotFrame f = plot_frame(only_base[0]);
+  EXPECT_DOUBLE_EQ(f.x_lo, -0.05);  // [0, 1] padded
+  EXPECT_DOUBLE_EQ(f.x_hi, 1.05);
+  EXPECT_NEAR(f.y_lo, 0.41 - 0.0205, 1e-12);  // zero span: 5% of the value
+  EXPECT_NEAR(f.y_hi, 0.41 + 0.0205, 1e-12);
+
+  auto single = build_pivots({row("pca", 0.5, 0, "piqa", "acc", 0.6)});
+  PlotSvg s = render_plot(single[0]);
+  EXPECT_EQ(count(s.svg, "<polyline"), 0u);  // one point: a marker, no line
+  EXPECT_NE(s.svg.find("<title>pca, ratio 0.5: 0.6000</title>"), std::string::npos) << s.svg;
+  EXPECT_TRUE(s.notes.empty());
+}
+
+TEST(ReportPlot, SeedsShowMeanWithMinMaxBars) {
+  auto pivots = build_pivots(small_input().results);
+  std::string svg = render_plot(pivots[1]).svg;  // wikitext: random seeds 80 and 90
+  EXPECT_NE(svg.find("random (2 seeds)"), std::string::npos);
+  EXPECT_NE(svg.find("bars: min-max over seeds"), std::string::npos);
+  PlotFrame f = plot_frame(pivots[1]);
+  auto lo = to_svg(f, 0.5, 80), hi = to_svg(f, 0.5, 90);
+  char bar[128];
+  std::snprintf(bar, sizeof bar, "<line x1=\"%.2f\" y1=\"%.2f\" x2=\"%.2f\" y2=\"%.2f\"/>", lo.first, lo.second,
+                hi.first, hi.second);
+  EXPECT_NE(svg.find(bar), std::string::npos) << bar;
+}
+
+TEST(ReportPlot, Ticks) {
+  auto t = linear_ticks(0, 1, 5);
+  ASSERT_EQ(t.size(), 6u);
+  for (std::size_t i = 0; i < t.size(); ++i) EXPECT_NEAR(t[i], 0.2 * static_cast<double>(i), 1e-12);
+  EXPECT_EQ(linear_ticks(9.2, 20.8, 5), (std::vector<double>{10, 12.5, 15, 17.5, 20}));  // step 11.6 / 5 -> 2.5
+  EXPECT_EQ(log_ticks(20, 20000), (std::vector<double>{100, 1000, 10000}));
+  EXPECT_EQ(log_ticks(20, 60), (std::vector<double>{20, 30, 40, 50, 60}));
+  EXPECT_EQ(log_ticks(15, 600), (std::vector<double>{20, 50, 100, 200, 500}));
+}
+
+// Not a check: writes a realistic report for eyeballing / screenshots when asked to.
+TEST(ReportSample, WritesRealisticSample) {
+  const char* path = std::getenv("RANKPRUNE_REPORT_SAMPLE");
+  if (!path || !*path) GTEST_SKIP() << "set RANKPRUNE_REPORT_SAMPLE=<file.html> to write a sample report";
+  ReportInput in;
+  in.title = "rankprune sweep: fixtures/delta_net";
+  in.generated_at = "2024-05-01T12:34:56Z";
+  in.facts = {{"database", "runs/sweep.db"}, {"models", "fixtures/delta_net"}, {"git", "3f9c2ab"},
+              {"runs", "1 sweep, 3 workers"}};
+  const std::vector<double> ratios = {0.25, 0.5, 0.75};
+  struct M {
+    std::string name;
+    std::vector<double> ppl;  // word perplexity at the ratios
+    std::vector<double> acc;  // piqa acc at the ratios
+  };
+  const std::vector<M> methods = {{"drrqr", {33.1, 38.9, 61.0}, {0.771, 0.752, 0.701}},
+                                  {"pca", {34.0, 42.5, 80.3}, {0.768, 0.744, 0.690}},
+                                  {"l1", {39.8, 95.2, 1450.0}, {0.742, 0.680, 0.585}},
+                                  {"random", {45.0, 240.0, 9800.0}, {0.725, 0.640, 0.560}}};
+  auto& R = in.results;
+  R.push_back(row("none", 0, 0, "wikitext", "word_perplexity", 31.42));
+  R.push_back(row("none", 0, 0, "wikitext", "token_perplexity", 12.85));
+  R.push_back(row("none", 0, 0, "lambada_openai", "acc", 0.412, 0.0069));
+  R.push_back(row("none", 0, 0, "lambada_openai", "perplexity", 18.7, 0.61));
+  R.push_back(row("none", 0, 0, "piqa", "acc", 0.781, 0.0096));
+  R.push_back(row("none", 0, 0, "piqa", "acc_norm", 0.790, 0.0095));
+  for (const auto& m : methods) {
+    int seeds = m.name == "random" ? 3 : 1;
+    for (std::size_t i = 0; i < ratios.size(); ++i)
+      for (int s = 0; s < seeds; ++s) {
+        double jitter = seeds > 1 ? (s - 1) * 0.06 : 0.0;  // random: seeds spread +-6 %
+        double ppl = m.ppl[i] * (1 + jitter);
+        R.push_back(row(m.name, ratios[i], s, "wikitext", "word_perplexity", ppl));
+        R.push_back(row(m.name, ratios[i], s, "wikitext", "token_perplexity", std::pow(ppl, 0.74)));
+        R.push_back(row(m.name, ratios[i], s, "lambada_openai", "perplexity", 18.7 * std::pow(ppl / 31.42, 1.3),
+                        0.6 * ppl / 31.42));
+        R.push_back(row(m.name, ratios[i], s, "lambada_openai", "acc",
+                        0.412 * std::pow(31.42 / ppl, 0.35), 0.0068));
+        double acc = m.acc[i] * (1 - jitter / 6);
+        R.push_back(row(m.name, ratios[i], s, "piqa", "acc", acc, 0.0100));
+        R.push_back(row(m.name, ratios[i], s, "piqa", "acc_norm", acc + 0.008, 0.0099));
+      }
+  }
+  // one exploded seed: random at 0.75, seed 2 on lambada perplexity
+  for (auto& r : R)
+    if (r.method == "random" && r.ratio == 0.75 && r.seed == 2 && r.metric == "perplexity")
+      r.value = std::numeric_limits<double>::infinity();
+  const char* states[] = {"done", "done", "done", "running", "failed", "pending"};
+  std::int64_t id = 1;
+  for (const auto& m : methods)
+    for (double r : ratios) {
+      JobRow j;
+      j.id = id;
+      j.model = "fixtures/delta_net";
+      j.method = m.name;
+      j.ratio = r;
+      j.task = "wikitext";
+      j.state = states[id % 6];
+      j.attempts = j.state == "failed" ? 3 : 1;
+      j.host = "gpu-node" + std::to_string(id % 3);
+      j.rank = static_cast<int>(id % 3);
+      if (j.state != "pending") {
+        j.started = "2024-05-01T10:0" + std::to_string(id % 10) + ":00Z";
+        j.seconds = 41.5 + static_cast<double>(id);
+      }
+      if (j.state == "done") j.finished = "2024-05-01T11:00:00Z";
+      if (j.state == "failed") j.error = "CUDA error: out of memory (tried to allocate 2.00 GiB)";
+      in.jobs.push_back(j);
+      ++id;
+    }
+  std::ofstream(path) << render_report_html(in);
+  SUCCEED() << "wrote " << path;
+}
+
+}  // namespace
+}  // namespace rankprune::storage
