@@ -8,6 +8,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "eval/runner.h"
 #include "model/linear_lm.h"
 
 namespace rankprune::cli {
@@ -25,6 +28,7 @@ struct Command {
 // Registration: each cmd_*.cpp adds its commands through these (called from main).
 void register_model_commands(std::vector<Command>& out);
 void register_prune_commands(std::vector<Command>& out);
+void register_eval_commands(std::vector<Command>& out);
 
 // Shared option groups.
 void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads
@@ -35,5 +39,13 @@ ForwardOptions forward_options_from(const po::variables_map& vm);
 // Parses "3,17,5" into ids; UsageError naming the option on bad input.
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option);
 bool parse_bool(const std::string& text, const std::string& option);
+
+// Evaluation options (--tasks --limit --max-length --seq-len --add-bos-token --reuse-state
+// --data-dir and `batch_option`), shared by eval and sweep, and the settings they make.
+void add_eval_options(po::options_description& d, const std::string& batch_option);
+std::string default_data_dir(const po::variables_map& vm);
+eval::EvalSettings eval_settings_from(const po::variables_map& vm, const std::string& batch_option,
+                                      const ModelConfig& cfg, const ForwardOptions& fo);
+nlohmann::json eval_settings_json(const eval::EvalSettings& s);
 
 }  // namespace rankprune::cli

@@ -24,6 +24,7 @@ int dispatch(int argc, char** argv) {
   std::vector<Command> cmds;
   register_model_commands(cmds);
   register_prune_commands(cmds);
+  register_eval_commands(cmds);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
       std::string(argv[1]) == "help") {
     print_overview(cmds, std::cout);

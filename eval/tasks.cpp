@@ -354,6 +354,42 @@ std::vector<LambadaItem> read_lambada(const std::string& jsonl_path, long limit)
   return items;
 }
 
+namespace {
+// A top-level " = Title = " line: after "= = =" -> "===" and "= =" -> "==" and strip(), it starts
+// with "= " and ends with " =".
+bool is_page_heading(const std::string& line) {
+  const std::string r = py_strip(replace_all(replace_all(line, "= = =", "==="), "= =", "=="));
+  return r.size() >= 3 && r.compare(0, 2, "= ") == 0 && r.compare(r.size() - 2, 2, " =") == 0;
+}
+}  // namespace
+
+std::string wikitext_token_text(const std::string& raw, long limit) {
+  std::vector<std::string> rows;
+  long pages = 0;
+  bool page_has_text = false;  // the current page counts once it holds a non-blank line
+  std::size_t start = 0;
+  while (start < raw.size()) {
+    const std::size_t nl = raw.find('\n', start);
+    const std::size_t end = nl == std::string::npos ? raw.size() : nl + 1;
+    const std::string row = raw.substr(start, end - start);  // keeps its newline
+    start = end;
+    const bool blank = py_strip(row).empty();
+    if (is_page_heading(row.back() == '\n' ? row.substr(0, row.size() - 1) : row)) {
+      if (page_has_text) ++pages;
+      page_has_text = false;
+      if (limit > 0 && pages >= limit) break;
+    }
+    if (!blank) page_has_text = true;
+    rows.push_back(blank ? std::string() : row);
+  }
+  std::string out;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (i) out += "\n\n";
+    out += rows[i];
+  }
+  return out;
+}
+
 std::vector<std::string> split_wikitext_documents(const std::string& raw) {
   // wikitext_document_level: split the file on "\n"; a line that, after "= = =" -> "===" and
   // "= =" -> "==" and strip(), starts with "= " and ends with " =" opens a new page. Pages are the
@@ -371,9 +407,7 @@ std::vector<std::string> split_wikitext_documents(const std::string& raw) {
     std::size_t nl = raw.find('\n', start);
     const bool last = nl == std::string::npos;
     const std::string line = raw.substr(start, last ? std::string::npos : nl - start);
-    const std::string r = py_strip(replace_all(replace_all(line, "= = =", "==="), "= =", "=="));
-    const bool heading = r.size() >= 3 && r.compare(0, 2, "= ") == 0 && r.compare(r.size() - 2, 2, " =") == 0;
-    if (heading) flush();
+    if (is_page_heading(line)) flush();
     if (have_lines) page += '\n';
     page += line;
     have_lines = true;

@@ -70,6 +70,11 @@ std::vector<WikitextDoc> read_wikitext(const std::string& raw_path, long limit =
 // exactly one '=' on each side once "= = =" / "= =" runs are collapsed); empty pages are dropped.
 std::vector<std::string> split_wikitext_documents(const std::string& raw);
 
+// The pruning papers' perplexity text: "\n\n".join(rows), rows being the lines of the raw file as
+// the HF wikitext-2-raw-v1 split holds them (a whitespace-only line is "", other lines keep their
+// "\n"). With limit > 0, only the rows of the first `limit` documents (as read_wikitext counts them).
+std::string wikitext_token_text(const std::string& raw, long limit = 0);
+
 // lm-eval's wikitext_detokenizer: its string replacements and regex substitutions, in order.
 std::string wikitext_detokenize(const std::string& page);
 

@@ -105,6 +105,16 @@ LmState LmState::expand(int64_t n) const {
   return s;
 }
 
+LmState LmState::select(const torch::Tensor& rows) const {
+  LmState s;
+  s.tokens = tokens;
+  for (const auto& l : layers) {
+    auto e = [&rows](const torch::Tensor& t) { return t.defined() ? t.index_select(0, rows.to(t.device())) : t; };
+    s.layers.push_back({e(l.conv_q), e(l.conv_k), e(l.conv_v), e(l.s)});
+  }
+  return s;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model
 
@@ -172,7 +182,8 @@ LinearLM LinearLM::load(const std::string& dir) {
 }
 
 torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerState* st,
-                                      const ForwardOptions& opts, const QkObserver& observer) const {
+                                      const ForwardOptions& opts, const QkObserver& observer,
+                                      const torch::Tensor& valid) const {
   const ModelConfig& c = cfg_;
   const LayerWeights& L = w_.layers[static_cast<std::size_t>(li)];
   const auto dt = opts.dtype;
@@ -182,6 +193,10 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerS
 
   auto x = rms_norm(h, L.attn_norm, c.norm_eps);  // [B, T, D]
   auto q = linear(x, L.q_proj, dt), k = linear(x, L.k_proj, dt), v = linear(x, L.v_proj, dt);
+  // Left padding (hidden_left_padded): zeros into the conv, as an empty conv cache would give.
+  const torch::Tensor m3 = valid.defined() ? valid.unsqueeze(-1) : torch::Tensor();
+  auto keep = [&m3](const torch::Tensor& t) { return m3.defined() ? torch::where(m3, t, torch::zeros({}, t.options())) : t; };
+  q = keep(q), k = keep(k), v = keep(v);
   // fla: the q/k short convs carry SiLU only when qk_activation is silu (always for GDN); v always.
   const bool qk_silu = gdn || c.qk_activation == "silu";
   if (c.use_short_conv) {
@@ -222,6 +237,13 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerS
     auto a = linear(x, L.a_proj, dt).to(wide(dt)) + L.dt_bias.to(wide(dt));
     g = -torch::exp(L.A_log.to(wide(dt))) * torch::softplus(a);  // [B, T, Hv]
   }
+  if (valid.defined()) {  // padded positions leave the state untouched: beta = 0, no decay, zero k/v
+    const auto m4 = valid.unsqueeze(-1).unsqueeze(-1);
+    auto zero = [](const torch::Tensor& t) { return torch::zeros({}, t.options()); };
+    q = torch::where(m4, q, zero(q)), k = torch::where(m4, k, zero(k)), v = torch::where(m4, v, zero(v));
+    beta = keep(beta);  // [B, T, Hv] against the [B, T, 1] mask
+    if (g.defined()) g = keep(g);
+  }
   // GVA: value head j reads q/k head j / (Hv / H) (fla: i_h = i_hv // (HV // H)).
   if (Hv != H) {
     q = q.repeat_interleave(Hv / H, /*dim=*/2);
@@ -248,6 +270,18 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerS
 
 torch::Tensor LinearLM::hidden(const torch::Tensor& ids, LmState* state, const ForwardOptions& opts,
                                const QkObserver& observer) const {
+  return hidden_impl(ids, torch::Tensor(), state, opts, observer);
+}
+
+torch::Tensor LinearLM::hidden_left_padded(const torch::Tensor& ids, const torch::Tensor& valid, LmState* state,
+                                           const ForwardOptions& opts) const {
+  RP_ASSERT(valid.sizes() == ids.sizes() && valid.scalar_type() == torch::kBool, "valid mask ", valid.sizes());
+  RP_ASSERT(!state || state->layers.empty(), "hidden_left_padded starts from an empty state");
+  return hidden_impl(ids, valid, state, opts, nullptr);
+}
+
+torch::Tensor LinearLM::hidden_impl(const torch::Tensor& ids, const torch::Tensor& valid, LmState* state,
+                                    const ForwardOptions& opts, const QkObserver& observer) const {
   RP_CHECK_INPUT(ids.dim() == 2, "token ids must have shape [batch, tokens], got ", ids.sizes());
   if (ids.numel() > 0) {
     const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
@@ -258,7 +292,7 @@ torch::Tensor LinearLM::hidden(const torch::Tensor& ids, LmState* state, const F
   RP_ASSERT(!state || static_cast<int64_t>(state->layers.size()) == cfg_.num_hidden_layers);
   auto h = torch::embedding(w_.embeddings, ids.to(torch::kLong)).to(opts.dtype);
   for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i)
-    h = layer_forward(i, h, state ? &state->layers[static_cast<std::size_t>(i)] : nullptr, opts, observer);
+    h = layer_forward(i, h, state ? &state->layers[static_cast<std::size_t>(i)] : nullptr, opts, observer, valid);
   if (state) state->tokens += ids.size(1);
   return rms_norm(h, w_.norm, cfg_.norm_eps);
 }

@@ -63,6 +63,8 @@ struct LmState {
   LmState clone() const;   // deep copy (e.g. one per multiple-choice continuation)
   // Repeats batch row 0 n times (state reuse: one shared context, n continuations).
   LmState expand(int64_t n) const;
+  // Batch rows `rows` (int64 indices, repeats allowed) of this state, in that order.
+  LmState select(const torch::Tensor& rows) const;
 };
 
 struct ForwardOptions {
@@ -98,6 +100,15 @@ class LinearLM {
                        const QkObserver& observer = nullptr) const;
   torch::Tensor logits_from_hidden(const torch::Tensor& h) const;
 
+  // A left-padded batch: `valid` [B, T] bool is false on the padding that precedes each row's tokens
+  // (a row's valid positions must be contiguous and end at T). Padding touches neither the state nor
+  // the valid positions: each row's hidden states there, and its final state, equal a run of its own
+  // tokens alone from an empty state (padded q/k/v are zeroed before the short conv, and beta and the
+  // gate are zeroed so the delta rule skips them). Hidden states at padding are unspecified.
+  // `state`, when given, must be empty; it is left after each row's last token.
+  torch::Tensor hidden_left_padded(const torch::Tensor& ids, const torch::Tensor& valid, LmState* state,
+                                   const ForwardOptions& opts = {}) const;
+
   // fla tensor names and tensors (checkpoint dtype), in a stable order, for writing.
   std::vector<std::pair<std::string, torch::Tensor>> named_tensors() const;
   // Writes config.json + model.safetensors into `dir` (which must exist).
@@ -105,7 +116,9 @@ class LinearLM {
 
  private:
   torch::Tensor layer_forward(int64_t li, const torch::Tensor& h, LayerState* st, const ForwardOptions& opts,
-                              const QkObserver& observer) const;
+                              const QkObserver& observer, const torch::Tensor& valid) const;
+  torch::Tensor hidden_impl(const torch::Tensor& ids, const torch::Tensor& valid, LmState* state,
+                            const ForwardOptions& opts, const QkObserver& observer) const;
   ModelConfig cfg_;
   LmWeights w_;
 };

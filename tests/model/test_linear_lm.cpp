@@ -252,6 +252,41 @@ TEST(LinearLM, BatchRowsAreIndependent) {
   EXPECT_LT(rel_err(both[1], m.forward(as_batch(b), nullptr, o)[0]), kTolF64);
 }
 
+// Left padding is invisible: every row's hidden states and final state equal its own run alone,
+// for every architecture variant (incl. qk_norm=sum, whose padded k would be 0/0) and both scans.
+TEST(LinearLM, LeftPaddedBatchEqualsEachRowAlone) {
+  for (const auto& v : all_variants()) {
+    auto m = make_model(v, 81);
+    for (auto impl : {DeltaRuleImpl::Recurrent, DeltaRuleImpl::Chunked}) {
+      ForwardOptions o{torch::kFloat64, impl, 16};
+      const std::vector<int64_t> lens = {37, 5, 1, 20};
+      const int64_t T = 37, B = static_cast<int64_t>(lens.size());
+      auto ids = torch::zeros({B, T}, torch::kLong);
+      auto valid = torch::zeros({B, T}, torch::kBool);
+      std::vector<std::vector<int64_t>> rows;
+      for (int64_t b = 0; b < B; ++b) {
+        rows.push_back(random_ids(lens[b], m.config().vocab_size, 100 + b));
+        for (int64_t t = 0; t < lens[b]; ++t) {
+          ids[b][T - lens[b] + t] = rows[b][t];
+          valid[b][T - lens[b] + t] = true;
+        }
+        ids[b].narrow(0, 0, T - lens[b]).fill_(3);  // padding token: any id
+      }
+      LmState st;
+      auto h = m.hidden_left_padded(ids, valid, &st, o);
+      for (int64_t b = 0; b < B; ++b) {
+        LmState alone;
+        auto ref = m.hidden(as_batch(rows[b]), &alone, o)[0];
+        EXPECT_LT(rel_err(h[b].narrow(0, T - lens[b], lens[b]), ref), kTolF64) << static_cast<int>(v.arch) << " " << v.qk_norm << " row " << b;
+        // Continuing from the padded batch's state equals continuing from the row's own state.
+        auto next = as_batch({7, 8, 9});
+        LmState mine = st.select(torch::tensor({b}));
+        EXPECT_LT(rel_err(m.hidden(next, &mine, o), m.hidden(next, &alone, o)), kTolF64) << "row " << b;
+      }
+    }
+  }
+}
+
 TEST(LinearLM, ObserverSeesQkBeforeNorm) {
   auto m = make_model({Arch::DeltaNet}, 61);
   int calls = 0;

@@ -1,0 +1,217 @@
+#include "eval/engine.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "common/error.h"
+
+namespace rankprune::eval {
+
+namespace {
+
+// Rows of logits computed at once: a [rows, vocab] buffer of ~16 MiB stays cache-friendly and
+// bounds memory whatever the batch.
+int64_t logit_rows_per_chunk(int64_t vocab) { return std::max<int64_t>(1, (int64_t{1} << 22) / vocab); }
+
+torch::Tensor right_padded(const std::vector<const std::vector<int>*>& rows, int64_t T) {
+  auto ids = torch::zeros({static_cast<int64_t>(rows.size()), T}, torch::kLong);
+  auto acc = ids.accessor<int64_t, 2>();
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    for (std::size_t t = 0; t < rows[i]->size(); ++t) acc[static_cast<int64_t>(i)][static_cast<int64_t>(t)] = (*rows[i])[t];
+  return ids;
+}
+
+// Indices 0..n-1 sorted by key descending, ties by index: lm-eval's longest-first order, stable.
+template <typename Key>
+std::vector<std::size_t> longest_first(std::size_t n, Key key) {
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return key(a) > key(b); });
+  return order;
+}
+
+}  // namespace
+
+TruncatedInput truncate_request(const Request& r, int64_t max_length) {
+  RP_ASSERT(!r.context.empty() && !r.continuation.empty(), "empty context or continuation");
+  const auto cont = static_cast<int64_t>(r.continuation.size());
+  RP_CHECK_INPUT(cont <= max_length, "a continuation of ", cont, " tokens does not fit --max-length ", max_length);
+  std::vector<int> whole(r.context);
+  whole.insert(whole.end(), r.continuation.begin(), r.continuation.end());
+  const auto keep = std::min<int64_t>(static_cast<int64_t>(whole.size()), max_length + 1);
+  TruncatedInput out;
+  out.tokens.assign(whole.end() - keep, whole.end() - 1);
+  out.first_scored = static_cast<int64_t>(out.tokens.size()) - cont;
+  return out;
+}
+
+Scorer::Scorer(const LinearLM& model, EngineOptions opts) : model_(model), opts_(std::move(opts)) {
+  RP_CHECK_INPUT(opts_.batch_size >= 1, "--batch-size must be at least 1, got ", opts_.batch_size);
+  RP_CHECK_INPUT(opts_.max_length >= 1, "--max-length must be at least 1, got ", opts_.max_length);
+}
+
+std::vector<Score> Scorer::score_positions(const torch::Tensor& hidden, const std::vector<int64_t>& first,
+                                           const std::vector<std::vector<int>>& targets) const {
+  std::vector<int64_t> b_idx, t_idx, tgt;
+  for (std::size_t i = 0; i < targets.size(); ++i)
+    for (std::size_t j = 0; j < targets[i].size(); ++j) {
+      b_idx.push_back(static_cast<int64_t>(i));
+      t_idx.push_back(first[i] + static_cast<int64_t>(j));
+      tgt.push_back(targets[i][j]);
+    }
+  std::vector<Score> out(targets.size());
+  for (auto& s : out) s.greedy = true;
+  const auto n = static_cast<int64_t>(tgt.size());
+  const int64_t step = logit_rows_per_chunk(model_.config().vocab_size);
+  const auto bt = torch::tensor(b_idx), tt = torch::tensor(t_idx), yt = torch::tensor(tgt);
+  std::size_t cursor = 0;  // which request the next scored token belongs to
+  std::size_t used = 0;
+  for (int64_t lo = 0; lo < n; lo += step) {
+    const int64_t len = std::min(step, n - lo);
+    auto rows = hidden.index({bt.narrow(0, lo, len), tt.narrow(0, lo, len)});  // [len, D]
+    // log-softmax in float32 (float64 when computing in float64); sums accumulate in double.
+    const auto lt = rows.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+    auto logp = torch::log_softmax(model_.logits_from_hidden(rows).to(lt), -1);
+    auto y = yt.narrow(0, lo, len);
+    auto lp = logp.gather(1, y.unsqueeze(1)).squeeze(1).to(torch::kFloat64).contiguous();
+    auto hit = logp.argmax(1).eq(y).contiguous();
+    const double* lpp = lp.data_ptr<double>();
+    const bool* hp = hit.data_ptr<bool>();
+    for (int64_t k = 0; k < len; ++k) {
+      while (used == targets[cursor].size()) ++cursor, used = 0;
+      out[cursor].logprob += lpp[k];
+      out[cursor].greedy = out[cursor].greedy && hp[k];
+      ++used;
+    }
+  }
+  return out;
+}
+
+std::vector<Score> Scorer::score(const std::vector<Request>& requests, const ProgressFn& progress) const {
+  torch::NoGradGuard no_grad;
+  std::vector<TruncatedInput> in;
+  in.reserve(requests.size());
+  for (const auto& r : requests) in.push_back(truncate_request(r, opts_.max_length));
+  const auto order = longest_first(in.size(), [&](std::size_t i) { return in[i].tokens.size(); });
+  std::vector<Score> out(requests.size());
+  const auto B = static_cast<std::size_t>(opts_.batch_size);
+  for (std::size_t lo = 0; lo < order.size(); lo += B) {
+    const std::size_t hi = std::min(order.size(), lo + B);
+    std::vector<const std::vector<int>*> rows;
+    std::vector<int64_t> first;
+    std::vector<std::vector<int>> targets;
+    for (std::size_t k = lo; k < hi; ++k) {
+      const std::size_t i = order[k];
+      rows.push_back(&in[i].tokens);
+      first.push_back(in[i].first_scored);
+      targets.push_back(requests[i].continuation);
+    }
+    const auto T = static_cast<int64_t>(rows.front()->size());  // longest first
+    auto h = model_.hidden(right_padded(rows, T), nullptr, opts_.forward);
+    auto s = score_positions(h, first, targets);
+    for (std::size_t k = lo; k < hi; ++k) out[order[k]] = s[k - lo];
+    if (progress) progress(static_cast<int64_t>(hi), static_cast<int64_t>(order.size()));
+  }
+  return out;
+}
+
+std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<const Group*>& batch) const {
+  const auto G = static_cast<int64_t>(batch.size());
+  int64_t Tc = 0;
+  for (const auto* g : batch) Tc = std::max<int64_t>(Tc, static_cast<int64_t>(g->context.size()));
+  // Contexts, left-padded so that every row's state ends at its own last token.
+  auto ids = torch::zeros({G, Tc}, torch::kLong);
+  auto valid = torch::zeros({G, Tc}, torch::kBool);
+  {
+    auto ia = ids.accessor<int64_t, 2>();
+    auto va = valid.accessor<bool, 2>();
+    for (int64_t g = 0; g < G; ++g) {
+      const auto& c = batch[static_cast<std::size_t>(g)]->context;
+      const int64_t off = Tc - static_cast<int64_t>(c.size());
+      for (std::size_t t = 0; t < c.size(); ++t) ia[g][off + static_cast<int64_t>(t)] = c[t], va[g][off + static_cast<int64_t>(t)] = true;
+    }
+  }
+  LmState st;
+  auto hc = model_.hidden_left_padded(ids, valid, &st, opts_.forward);
+  // The last context position predicts every continuation's first token.
+  std::vector<int64_t> first_ctx;
+  std::vector<std::vector<int>> first_tok;
+  // The rest: each continuation minus its last token, from a copy of its group's state.
+  std::vector<int64_t> state_rows;
+  std::vector<const std::vector<int>*> cont_inputs;
+  std::vector<std::vector<int>> cont_inputs_store, cont_targets;
+  for (int64_t g = 0; g < G; ++g)
+    for (const auto& c : batch[static_cast<std::size_t>(g)]->continuations) {
+      first_ctx.push_back(g);
+      first_tok.push_back({c.front()});
+      state_rows.push_back(g);
+      cont_inputs_store.emplace_back(c.begin(), c.end() - 1);
+      cont_targets.emplace_back(c.begin() + 1, c.end());
+    }
+  // score_positions takes (row, position) pairs; the first tokens all sit at position Tc - 1.
+  auto last = hc.narrow(1, Tc - 1, 1).index_select(0, torch::tensor(first_ctx));  // [R, 1, D]
+  auto s0 = score_positions(last, std::vector<int64_t>(first_ctx.size(), 0), first_tok);
+  int64_t Tk = 0;
+  for (const auto& c : cont_inputs_store) Tk = std::max<int64_t>(Tk, static_cast<int64_t>(c.size()));
+  std::vector<Score> s1(cont_targets.size());
+  if (Tk > 0) {
+    for (const auto& c : cont_inputs_store) cont_inputs.push_back(&c);
+    LmState sc = st.select(torch::tensor(state_rows));
+    auto hk = model_.hidden(right_padded(cont_inputs, Tk), &sc, opts_.forward);
+    s1 = score_positions(hk, std::vector<int64_t>(cont_targets.size(), 0), cont_targets);
+  }
+  std::vector<std::vector<Score>> out(batch.size());
+  std::size_t r = 0;
+  for (std::size_t g = 0; g < batch.size(); ++g)
+    for (std::size_t j = 0; j < batch[g]->continuations.size(); ++j, ++r)
+      out[g].push_back({s0[r].logprob + s1[r].logprob, s0[r].greedy && s1[r].greedy});
+  return out;
+}
+
+std::vector<std::vector<Score>> Scorer::score_groups(const std::vector<Group>& groups,
+                                                     const ProgressFn& progress) const {
+  torch::NoGradGuard no_grad;
+  std::vector<std::vector<Score>> out(groups.size());
+  // Groups that reuse the state: no input of theirs is truncated (truncation would cut each
+  // choice's context differently). The rest are scored as independent requests.
+  std::vector<std::size_t> shared, alone;
+  for (std::size_t i = 0; i < groups.size(); ++i) {
+    const auto& g = groups[i];
+    RP_ASSERT(!g.context.empty() && !g.continuations.empty(), "empty group ", i);
+    bool fits = opts_.reuse_state;
+    for (const auto& c : g.continuations) {
+      RP_ASSERT(!c.empty(), "empty continuation in group ", i);
+      fits = fits && static_cast<int64_t>(g.context.size() + c.size()) <= opts_.max_length + 1;
+    }
+    (fits ? shared : alone).push_back(i);
+  }
+  const auto total = static_cast<int64_t>(groups.size());
+  int64_t done = 0;
+  if (!alone.empty()) {
+    std::vector<Request> reqs;
+    for (auto i : alone)
+      for (const auto& c : groups[i].continuations) reqs.push_back({groups[i].context, c});
+    const auto n_alone = static_cast<int64_t>(alone.size());
+    ProgressFn sub = nullptr;
+    if (progress) sub = [&](int64_t d, int64_t t) { progress(d * n_alone / std::max<int64_t>(t, 1), total); };
+    auto s = score(reqs, sub);
+    std::size_t r = 0;
+    for (auto i : alone)
+      for (std::size_t j = 0; j < groups[i].continuations.size(); ++j) out[i].push_back(s[r++]);
+    done = n_alone;
+  }
+  const auto order = longest_first(shared.size(), [&](std::size_t k) { return groups[shared[k]].context.size(); });
+  const auto B = static_cast<std::size_t>(opts_.batch_size);
+  for (std::size_t lo = 0; lo < order.size(); lo += B) {
+    const std::size_t hi = std::min(order.size(), lo + B);
+    std::vector<const Group*> batch;
+    for (std::size_t k = lo; k < hi; ++k) batch.push_back(&groups[shared[order[k]]]);
+    auto s = score_group_batch(batch);
+    for (std::size_t k = lo; k < hi; ++k) out[shared[order[k]]] = std::move(s[k - lo]);
+    done += static_cast<int64_t>(hi - lo);
+    if (progress) progress(done, total);
+  }
+  return out;
+}
+
+}  // namespace rankprune::eval

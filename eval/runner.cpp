@@ -1,0 +1,299 @@
+#include "eval/runner.h"
+
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include "common/error.h"
+#include "common/fs.h"
+#include "eval/metrics.h"
+#include "eval/tasks.h"
+
+namespace rankprune::eval {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string task_path(const EvalSettings& s, const std::string& rel) { return path_join(s.data_dir, rel); }
+
+// Python's str.rstrip() whitespace for the characters the task files contain.
+bool is_py_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+MetricResult with_stderr(const std::string& name, const std::vector<double>& per_item) {
+  const auto m = mean_stderr(per_item);
+  MetricResult r{name, m.mean, std::nullopt};
+  if (std::isfinite(m.std_err)) r.stderr_value = m.std_err;
+  return r;
+}
+
+// lm-eval's bootstrap_stderr for perplexity: the sample std of the metric over resamples. Own
+// seeded RNG (splitmix64), so the figure is statistically, not bitwise, lm-eval's.
+double bootstrap_perplexity_stderr(const std::vector<double>& lls, int iters = 10000) {
+  if (lls.size() < 2) return std::nan("");
+  std::uint64_t state = 1234;
+  auto next = [&state] {
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  };
+  std::vector<double> stats;
+  stats.reserve(static_cast<std::size_t>(iters));
+  for (int it = 0; it < iters; ++it) {
+    double sum = 0;
+    for (std::size_t i = 0; i < lls.size(); ++i) sum += lls[next() % lls.size()];
+    stats.push_back(std::exp(-sum / static_cast<double>(lls.size())));
+  }
+  return mean_stderr(stats).std_err * std::sqrt(static_cast<double>(iters));
+}
+
+TaskResult multiple_choice(const std::string& task, const std::vector<McItem>& items, int64_t original,
+                           const Scorer& scorer, const Tokenizer& tok, const EvalSettings& s, const ProgressFn& p) {
+  std::vector<Group> groups;
+  groups.reserve(items.size());
+  for (const auto& it : items) {
+    Group g;
+    for (std::size_t c = 0; c < it.continuations.size(); ++c) {
+      Request r = encode_pair(tok, it.context, it.continuations[c], s.add_bos);
+      if (c == 0) g.context = r.context;
+      RP_ASSERT(r.context == g.context, "choices of one item share their context");
+      g.continuations.push_back(std::move(r.continuation));
+    }
+    groups.push_back(std::move(g));
+  }
+  const auto scores = scorer.score_groups(groups, p);
+  std::vector<double> acc, acc_norm;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    std::vector<double> lls;
+    for (const auto& sc : scores[i]) lls.push_back(sc.logprob);
+    const auto r = score_multiple_choice(lls, items[i].continuations, items[i].gold);
+    acc.push_back(r.acc);
+    acc_norm.push_back(r.acc_norm);
+  }
+  TaskResult out;
+  out.task = task;
+  out.samples = static_cast<int64_t>(items.size());
+  out.original_samples = original;
+  out.metrics = {with_stderr("acc", acc), with_stderr("acc_norm", acc_norm)};
+  return out;
+}
+
+TaskResult winogrande(const std::vector<PartialItem>& items, int64_t original, const Scorer& scorer,
+                      const Tokenizer& tok, const EvalSettings& s, const ProgressFn& p) {
+  std::vector<Request> reqs;
+  for (const auto& it : items)
+    for (const auto& ctx : it.contexts) reqs.push_back(encode_pair(tok, ctx, it.continuation, s.add_bos));
+  const auto scores = scorer.score(reqs, p);
+  std::vector<double> acc;
+  std::size_t r = 0;
+  for (const auto& it : items) {
+    std::vector<double> lls;
+    for (std::size_t c = 0; c < it.contexts.size(); ++c) lls.push_back(scores[r++].logprob);
+    acc.push_back(static_cast<int>(argmax_first(lls)) == it.gold ? 1.0 : 0.0);
+  }
+  TaskResult out;
+  out.task = "winogrande";
+  out.samples = static_cast<int64_t>(items.size());
+  out.original_samples = original;
+  out.metrics = {with_stderr("acc", acc)};
+  return out;
+}
+
+TaskResult lambada(const std::vector<LambadaItem>& items, int64_t original, const Scorer& scorer,
+                   const Tokenizer& tok, const EvalSettings& s, const ProgressFn& p) {
+  std::vector<Request> reqs;
+  for (const auto& it : items) reqs.push_back(encode_pair(tok, it.context, it.target, s.add_bos));
+  const auto scores = scorer.score(reqs, p);
+  std::vector<double> lls, acc;
+  for (const auto& sc : scores) lls.push_back(sc.logprob), acc.push_back(sc.greedy ? 1.0 : 0.0);
+  TaskResult out;
+  out.task = "lambada_openai";
+  out.samples = static_cast<int64_t>(items.size());
+  out.original_samples = original;
+  MetricResult ppl{"perplexity", perplexity(lls), std::nullopt};
+  const double se = bootstrap_perplexity_stderr(lls);
+  if (std::isfinite(se)) ppl.stderr_value = se;
+  out.metrics = {with_stderr("acc", acc), ppl};
+  out.extra["perplexity_stderr"] = "bootstrap, 10000 resamples (lm-eval: 100000, its own RNG)";
+  return out;
+}
+
+TaskResult wikitext(const LinearLM& model, const Scorer& scorer, const Tokenizer& tok, const EvalSettings& s,
+                    const ProgressFn& p) {
+  const std::string path = task_path(s, "text/wikitext2/wiki.test.raw");
+  const auto docs = read_wikitext(path, s.limit);
+  const auto all_docs = s.limit > 0 ? read_wikitext(path, 0).size() : docs.size();
+  const int prefix = prefix_token(tok);
+  const auto L = static_cast<std::size_t>(scorer.options().max_length);
+  // Rolling windows of every document, each from a fresh state (lm-eval's loglikelihood_rolling).
+  std::vector<Request> reqs;
+  std::vector<std::size_t> doc_of;
+  int64_t doc_tokens = 0;
+  for (std::size_t d = 0; d < docs.size(); ++d) {
+    const auto ids = encode(tok, docs[d].text, s.add_bos);
+    doc_tokens += static_cast<int64_t>(ids.size());
+    for (const auto& w : rolling_windows(ids.size(), L)) {
+      auto wt = window_tokens(w, ids, prefix);
+      reqs.push_back({std::move(wt.context), std::move(wt.continuation)});
+      doc_of.push_back(d);
+    }
+  }
+  // token_perplexity: the papers' "\n\n".join(rows), tokenized once, --seq-len chunks from a fresh state.
+  const auto text_ids = encode(tok, wikitext_token_text(read_file(path), s.limit), s.add_bos);
+  const auto S = static_cast<std::size_t>(s.seq_len);
+  RP_CHECK_INPUT(s.seq_len >= 2, "--seq-len must be at least 2 for token_perplexity, got ", s.seq_len);
+  const std::size_t chunks = text_ids.size() / S;
+  RP_CHECK_INPUT(chunks >= 1, "token_perplexity: the WikiText-2 test text (", text_ids.size(),
+                 " tokens with this --limit) is shorter than one --seq-len chunk of ", s.seq_len, " tokens");
+  std::vector<Request> chunk_reqs;
+  for (std::size_t c = 0; c < chunks; ++c) {
+    const auto b = text_ids.begin() + static_cast<std::ptrdiff_t>(c * S);
+    chunk_reqs.push_back({std::vector<int>(b, b + 1), std::vector<int>(b + 1, b + static_cast<std::ptrdiff_t>(S))});
+  }
+  const auto total = static_cast<int64_t>(reqs.size() + chunk_reqs.size());
+  ProgressFn p1 = nullptr, p2 = nullptr;
+  if (p) {
+    p1 = [&](int64_t d, int64_t) { p(d, total); };
+    p2 = [&](int64_t d, int64_t) { p(static_cast<int64_t>(reqs.size()) + d, total); };
+  }
+  const auto scores = scorer.score(reqs, p1);
+  EngineOptions chunk_opts = scorer.options();
+  chunk_opts.max_length = std::max<int64_t>(chunk_opts.max_length, s.seq_len);
+  const auto chunk_scores = Scorer(model, chunk_opts).score(chunk_reqs, p2);
+
+  std::vector<double> lls(docs.size(), 0.0);
+  for (std::size_t i = 0; i < scores.size(); ++i) lls[doc_of[i]] += scores[i].logprob;
+  std::vector<int64_t> words, bytes;
+  for (const auto& d : docs) words.push_back(d.words), bytes.push_back(d.bytes);
+  double nll = 0;
+  for (const auto& c : chunk_scores) nll -= c.logprob;
+  const double predicted = static_cast<double>(chunks * (S - 1));
+
+  TaskResult out;
+  out.task = "wikitext";
+  out.samples = static_cast<int64_t>(docs.size());
+  out.original_samples = static_cast<int64_t>(all_docs);
+  out.metrics = {{"word_perplexity", word_perplexity(lls, words), std::nullopt},
+                 {"byte_perplexity", byte_perplexity(lls, bytes), std::nullopt},
+                 {"bits_per_byte", bits_per_byte(lls, bytes), std::nullopt},
+                 {"token_perplexity", std::exp(nll / predicted), std::nullopt}};
+  out.extra = {{"rolling_windows", reqs.size()},
+               {"document_tokens", doc_tokens},
+               {"token_perplexity_seq_len", s.seq_len},
+               {"token_perplexity_chunks", chunks},
+               {"token_perplexity_predicted_tokens", chunks * (S - 1)}};
+  return out;
+}
+
+}  // namespace
+
+const std::vector<std::string>& known_tasks() {
+  static const std::vector<std::string> k = {"wikitext", "lambada_openai", "piqa",      "hellaswag",
+                                             "arc_easy", "arc_challenge",  "winogrande"};
+  return k;
+}
+
+std::vector<std::string> parse_task_list(const std::string& csv) {
+  std::vector<std::string> out;
+  std::stringstream ss(csv);
+  std::string t;
+  while (std::getline(ss, t, ',')) {
+    if (t.empty()) continue;
+    bool ok = false;
+    for (const auto& k : known_tasks()) ok = ok || k == t;
+    if (!ok) {
+      std::string list;
+      for (const auto& k : known_tasks()) list += (list.empty() ? "" : ", ") + k;
+      throw UsageError(cat("--tasks: unknown task '", t, "' (known: ", list, ")"));
+    }
+    bool dup = false;
+    for (const auto& o : out) dup = dup || o == t;
+    if (!dup) out.push_back(t);
+  }
+  if (out.empty()) throw UsageError("--tasks: no task given");
+  return out;
+}
+
+std::vector<int> encode(const Tokenizer& tok, const std::string& text, bool add_bos) {
+  std::vector<int> ids;
+  if (add_bos && tok.bos_id() >= 0) ids.push_back(tok.bos_id());
+  const auto body = tok.encode(text);
+  ids.insert(ids.end(), body.begin(), body.end());
+  return ids;
+}
+
+int prefix_token(const Tokenizer& tok) {
+  if (tok.bos_id() >= 0) return tok.bos_id();
+  if (tok.eos_id() >= 0) return tok.eos_id();
+  return 0;
+}
+
+Request encode_pair(const Tokenizer& tok, const std::string& context, const std::string& continuation,
+                    bool add_bos) {
+  if (context.empty()) return {{prefix_token(tok)}, encode(tok, continuation, add_bos)};
+  std::size_t cut = context.size();
+  while (cut > 0 && is_py_space(context[cut - 1])) --cut;
+  const std::string ctx = context.substr(0, cut);
+  const std::string cont = context.substr(cut) + continuation;
+  Request r;
+  r.context = encode(tok, ctx, add_bos);
+  const auto whole = encode(tok, ctx + cont, add_bos);
+  RP_CHECK_INPUT(whole.size() > r.context.size(), "the continuation '", continuation,
+                 "' encodes to no tokens of its own after its context");
+  r.continuation.assign(whole.begin() + static_cast<std::ptrdiff_t>(r.context.size()), whole.end());
+  if (r.context.empty()) r.context = {prefix_token(tok)};  // whitespace-only context, no BOS
+  return r;
+}
+
+TaskResult run_task(const std::string& task, const LinearLM& model, const Tokenizer& tok, const EvalSettings& s,
+                    const ProgressFn& progress) {
+  const auto t0 = Clock::now();
+  const Scorer scorer(model, s.engine);
+  auto count = [&](auto reader_all, std::size_t got) {
+    return s.limit > 0 ? static_cast<int64_t>(reader_all().size()) : static_cast<int64_t>(got);
+  };
+  TaskResult r;
+  if (task == "piqa") {
+    const auto f = task_path(s, "tasks/piqa/valid.jsonl"), l = task_path(s, "tasks/piqa/valid-labels.lst");
+    const auto items = read_piqa(f, l, s.limit);
+    r = multiple_choice(task, items, count([&] { return read_piqa(f, l, 0); }, items.size()), scorer, tok, s, progress);
+  } else if (task == "hellaswag") {
+    const auto f = task_path(s, "tasks/hellaswag/hellaswag_val_full.txt");
+    const auto items = read_hellaswag(f, s.limit);
+    r = multiple_choice(task, items, count([&] { return read_hellaswag(f, 0); }, items.size()), scorer, tok, s, progress);
+  } else if (task == "arc_easy" || task == "arc_challenge") {
+    const auto f = task_path(s, "tasks/llmfoundry/" + task + ".jsonl");
+    const auto items = read_arc(f, s.limit);
+    r = multiple_choice(task, items, count([&] { return read_arc(f, 0); }, items.size()), scorer, tok, s, progress);
+  } else if (task == "winogrande") {
+    const auto f = task_path(s, "tasks/llmfoundry/winogrande.jsonl");
+    const auto items = read_winogrande(f, s.limit);
+    r = winogrande(items, count([&] { return read_winogrande(f, 0); }, items.size()), scorer, tok, s, progress);
+  } else if (task == "lambada_openai") {
+    const auto f = task_path(s, "tasks/lambada_openai/lambada_test.jsonl");
+    const auto items = read_lambada(f, s.limit);
+    r = lambada(items, count([&] { return read_lambada(f, 0); }, items.size()), scorer, tok, s, progress);
+  } else if (task == "wikitext") {
+    r = wikitext(model, scorer, tok, s, progress);
+  } else {
+    throw UsageError(cat("unknown task '", task, "'"));
+  }
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  return r;
+}
+
+nlohmann::json task_results_json(const TaskResult& r) {
+  nlohmann::json j;
+  j["alias"] = r.task;
+  for (const auto& m : r.metrics) {
+    j[m.name + ",none"] = m.value;
+    if (m.stderr_value)
+      j[m.name + "_stderr,none"] = *m.stderr_value;
+    else
+      j[m.name + "_stderr,none"] = "N/A";
+  }
+  return j;
+}
+
+}  // namespace rankprune::eval
