@@ -6,9 +6,9 @@
 
 namespace rankprune {
 
-Progress::Progress(std::string label, std::string unit, std::ostream& os, double interval_s)
+Progress::Progress(std::string label, std::string unit, std::ostream& os, double interval_s, bool always_final)
     : label_(std::move(label)), unit_(std::move(unit)), os_(os), interval_(interval_s),
-      start_(Clock::now()), last_(start_) {}
+      start_(Clock::now()), last_(start_), always_final_(always_final) {}
 
 void Progress::update(std::int64_t done, std::int64_t total) {
   if (finished_) return;
@@ -17,6 +17,8 @@ void Progress::update(std::int64_t done, std::int64_t total) {
   if (!complete && std::chrono::duration<double>(now - last_).count() < interval_) return;
   last_ = now;
   finished_ = complete;
+  if (complete && !always_final_ && !printed_) return;
+  printed_ = true;
   const double el = std::chrono::duration<double>(now - start_).count();
   const double rate = el > 0 ? static_cast<double>(done) / el : 0.0;
   char buf[64];

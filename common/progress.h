@@ -11,7 +11,9 @@ namespace rankprune {
 
 class Progress {
  public:
-  Progress(std::string label, std::string unit, std::ostream& os, double interval_s = 2.0);
+  // always_final: print the final line even when the work finished before the first interval
+  // (false keeps short jobs silent).
+  Progress(std::string label, std::string unit, std::ostream& os, double interval_s = 2.0, bool always_final = true);
   // Reports `done` of `total`; prints when the interval passed or the work is complete.
   void update(std::int64_t done, std::int64_t total);
 
@@ -22,6 +24,8 @@ class Progress {
   double interval_;
   Clock::time_point start_, last_;
   bool finished_ = false;
+  bool always_final_ = true;
+  bool printed_ = false;
 };
 
 // "1h02m", "3m05s", "12s".

@@ -74,6 +74,36 @@ std::vector<int64_t> parse_int_list(const std::string& text, const std::string& 
   return out;
 }
 
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    const std::size_t comma = text.find(',', pos);
+    std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    if (!item.empty()) out.push_back(item);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+std::vector<double> parse_double_list(const std::string& text, const std::string& option) {
+  std::vector<double> out;
+  for (const auto& item : split_list(text)) {
+    std::size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != item.size()) throw UsageError(cat("--", option, ": expected comma-separated numbers, got '", text, "'"));
+    out.push_back(v);
+  }
+  if (out.empty()) throw UsageError(cat("--", option, ": no value given"));
+  return out;
+}
+
 bool parse_bool(const std::string& text, const std::string& option) {
   if (text == "true" || text == "1" || text == "yes") return true;
   if (text == "false" || text == "0" || text == "no") return false;

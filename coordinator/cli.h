@@ -12,6 +12,7 @@
 
 #include "eval/runner.h"
 #include "model/linear_lm.h"
+#include "prune/select.h"
 
 namespace rankprune::cli {
 
@@ -29,6 +30,7 @@ struct Command {
 void register_model_commands(std::vector<Command>& out);
 void register_prune_commands(std::vector<Command>& out);
 void register_eval_commands(std::vector<Command>& out);
+void register_sweep_commands(std::vector<Command>& out);  // sweep, query, report
 
 // Shared option groups.
 void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads
@@ -39,13 +41,25 @@ ForwardOptions forward_options_from(const po::variables_map& vm);
 // Parses "3,17,5" into ids; UsageError naming the option on bad input.
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option);
 bool parse_bool(const std::string& text, const std::string& option);
+// "0.25,0.5" -> values; UsageError naming the option on bad input.
+std::vector<double> parse_double_list(const std::string& text, const std::string& option);
+// "a,b" -> {"a", "b"} (empty items dropped).
+std::vector<std::string> split_list(const std::string& text);
+
+// Writes `pruned` as an fla checkpoint folder `out` (temp dir + rename) with selection.json, the
+// base model's tokenizer files and, for pca, pca_rotation.safetensors. Ratio 0 without rotation
+// copies the base files byte for byte.
+void write_pruned_checkpoint(const std::string& base_dir, const LinearLM& pruned, const Selection& sel,
+                             const std::string& out);
 
 // Evaluation options (--tasks --limit --max-length --seq-len --add-bos-token --reuse-state
 // --data-dir and `batch_option`), shared by eval and sweep, and the settings they make.
-void add_eval_options(po::options_description& d, const std::string& batch_option);
+void add_eval_options(po::options_description& d, const std::string& batch_option,
+                      const std::string& seq_len_option);
 std::string default_data_dir(const po::variables_map& vm);
 eval::EvalSettings eval_settings_from(const po::variables_map& vm, const std::string& batch_option,
-                                      const ModelConfig& cfg, const ForwardOptions& fo);
+                                      const std::string& seq_len_option, const ModelConfig& cfg,
+                                      const ForwardOptions& fo);
 nlohmann::json eval_settings_json(const eval::EvalSettings& s);
 
 }  // namespace rankprune::cli

@@ -14,7 +14,8 @@
 
 namespace rankprune::cli {
 
-void add_eval_options(po::options_description& d, const std::string& batch_option) {
+void add_eval_options(po::options_description& d, const std::string& batch_option,
+                      const std::string& seq_len_option) {
   d.add_options()
       ("tasks", po::value<std::string>()->required(),
        "comma-separated: wikitext, lambada_openai, piqa, hellaswag, arc_easy, arc_challenge, winogrande")
@@ -22,7 +23,7 @@ void add_eval_options(po::options_description& d, const std::string& batch_optio
       ("max-length", po::value<int64_t>(),
        "lm-eval max_length: inputs keep their last max-length + 1 tokens; rolling windows are this long "
        "(default: the config's max_position_embeddings, else 2048)")
-      ("seq-len", po::value<int64_t>()->default_value(2048), "chunk length of wikitext's token_perplexity")
+      (seq_len_option.c_str(), po::value<int64_t>()->default_value(2048), "chunk length of wikitext's token_perplexity")
       ("add-bos-token", po::value<std::string>()->default_value("true"),
        "BOS before every encoded string as lm-eval with the fla tokenizers; false = lm-eval <= 0.4.9.1")
       (batch_option.c_str(), po::value<int64_t>()->default_value(16), "evaluation requests per forward pass")
@@ -40,7 +41,8 @@ std::string default_data_dir(const po::variables_map& vm) {
 }
 
 eval::EvalSettings eval_settings_from(const po::variables_map& vm, const std::string& batch_option,
-                                      const ModelConfig& cfg, const ForwardOptions& fo) {
+                                      const std::string& seq_len_option, const ModelConfig& cfg,
+                                      const ForwardOptions& fo) {
   eval::EvalSettings s;
   s.data_dir = default_data_dir(vm);
   if (!is_directory(s.data_dir))
@@ -49,8 +51,8 @@ eval::EvalSettings eval_settings_from(const po::variables_map& vm, const std::st
     s.limit = vm["limit"].as<long>();
     if (s.limit < 1) throw UsageError(cat("--limit must be at least 1, got ", s.limit, " (omit it to score every item)"));
   }
-  s.seq_len = vm["seq-len"].as<int64_t>();
-  if (s.seq_len < 2) throw UsageError(cat("--seq-len must be at least 2, got ", s.seq_len));
+  s.seq_len = vm[seq_len_option].as<int64_t>();
+  if (s.seq_len < 2) throw UsageError(cat("--", seq_len_option, " must be at least 2, got ", s.seq_len));
   s.add_bos = parse_bool(vm["add-bos-token"].as<std::string>(), "add-bos-token");
   s.engine.forward = fo;
   s.engine.batch_size = vm[batch_option].as<int64_t>();
@@ -102,7 +104,7 @@ void declare_eval(po::options_description& d) {
   d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
       ("tokenizer", po::value<std::string>(), "SentencePiece .model (default: tokenizer.model in the model folder)")
       ("out", po::value<std::string>(), "write the results JSON (lm-eval's shape) here");
-  add_eval_options(d, "batch-size");
+  add_eval_options(d, "batch-size", "seq-len");
   add_compute_options(d);
 }
 
@@ -115,7 +117,7 @@ int run_eval(const po::variables_map& vm) {
   const ForwardOptions fo = forward_options_from(vm);
   const LinearLM model = LinearLM::load(dir);
   const auto tok = Tokenizer::load(tok_path);
-  const eval::EvalSettings s = eval_settings_from(vm, "batch-size", model.config(), fo);
+  const eval::EvalSettings s = eval_settings_from(vm, "batch-size", "seq-len", model.config(), fo);
 
   std::vector<eval::TaskResult> results;
   for (const auto& t : tasks) {

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "common/error.h"
+#include "common/fs.h"
 #include "coordinator/cli.h"
 
 using namespace rankprune;
@@ -25,6 +26,7 @@ int dispatch(int argc, char** argv) {
   register_model_commands(cmds);
   register_prune_commands(cmds);
   register_eval_commands(cmds);
+  register_sweep_commands(cmds);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
       std::string(argv[1]) == "help") {
     print_overview(cmds, std::cout);
@@ -47,6 +49,17 @@ int dispatch(int argc, char** argv) {
     if (vm.count("help")) {
       std::cout << "usage: " << cmd->usage << "\n\n" << cmd->summary << "\n\n" << desc << "\n";
       return kExitOk;
+    }
+    // --config FILE (commands that declare it): the same options in Boost's "name = value" syntax.
+    // Stored after the command line, so the command line wins.
+    if (desc.find_nothrow("config", false) && vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      if (!file_exists(path)) throw InputError(cat("--config: '", path, "' does not exist"));
+      try {
+        po::store(po::parse_config_file<char>(path.c_str(), desc), vm);
+      } catch (const po::error& e) {
+        throw InputError(cat("config file '", path, "': ", e.what()));
+      }
     }
     po::notify(vm);
   } catch (const po::error& e) {

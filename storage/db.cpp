@@ -517,6 +517,18 @@ std::int64_t Database::ensure_job(std::int64_t variant_id, const std::string& ta
   return impl_->find_or_insert(tx, *find, *insert);
 }
 
+std::optional<std::string> Database::find_job_state(const VariantRecord& v, const std::string& task,
+                                                    const std::string& eval_config_json) const {
+  auto q = impl_->use(
+      "SELECT j.state FROM jobs j JOIN variants v ON v.id = j.variant_id "
+      "WHERE v.model_id = ?1 AND IFNULL(v.calibration_id, 0) = IFNULL(?2, 0) AND v.method = ?3 "
+      "AND v.ratio = ?4 AND v.seed = ?5 AND j.task = ?6 AND j.eval_config_json = ?7");
+  q->int64(1, v.model_id).opt_int64(2, v.calibration_id).text(3, v.method).real(4, v.ratio).int64(5, v.seed);
+  q->text(6, task).text(7, eval_config_json);
+  if (!q->step()) return std::nullopt;
+  return q->col_text(0);
+}
+
 std::string Database::job_state(std::int64_t job_id) const { return impl_->job_state(job_id); }
 
 void Database::start_job(std::int64_t job_id, const std::string& host, int rank, std::int64_t run_id) {

@@ -109,6 +109,12 @@ class Database {
   std::int64_t ensure_job(std::int64_t variant_id, const std::string& task,
                           const std::string& eval_config_json);
 
+  // Lookup without creating: the state of the job (variant key of `v`, task, eval config) when
+  // that variant and job exist. Only the key fields of `v` are read. Lets a sweep tell what is
+  // left to do before it computes any selection.
+  std::optional<std::string> find_job_state(const VariantRecord& v, const std::string& task,
+                                            const std::string& eval_config_json) const;
+
   // Job life cycle: pending -> running -> done | failed; failed -> running on retry.
   std::string job_state(std::int64_t job_id) const;  // InternalError for an unknown id
   // pending or failed -> running: attempts+1, started = now (UTC ISO-8601), finished/seconds

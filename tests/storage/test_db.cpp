@@ -502,6 +502,22 @@ TEST(DbJobs, ResetInterruptedJobs) {
   EXPECT_THROW(db.jobs({"finished"}), UsageError);
 }
 
+TEST(DbJobs, FindJobStateLooksUpWithoutCreating) {
+  Database db = Database::open(":memory:");
+  Small s = add_small(db, "piqa");
+  const auto key = variant(s.model_id, s.cal_id, "drrqr", 0.25);
+  EXPECT_EQ(db.find_job_state(key, "piqa", "{\"limit\":10}"), std::optional<std::string>("pending"));
+  EXPECT_EQ(db.find_job_state(key, "piqa", "{\"limit\":11}"), std::nullopt);       // other eval config
+  EXPECT_EQ(db.find_job_state(key, "hellaswag", "{\"limit\":10}"), std::nullopt);  // other task
+  EXPECT_EQ(db.find_job_state(variant(s.model_id, std::nullopt, "drrqr", 0.25), "piqa", "{\"limit\":10}"),
+            std::nullopt);  // no calibration is a different variant
+  EXPECT_EQ(db.find_job_state(variant(s.model_id, s.cal_id, "drrqr", 0.5), "piqa", "{\"limit\":10}"), std::nullopt);
+  db.start_job(s.job_id, "h", 0, 0);
+  db.complete_job(s.job_id, two_metrics(), 1.0);
+  EXPECT_EQ(db.find_job_state(key, "piqa", "{\"limit\":10}"), std::optional<std::string>("done"));
+  EXPECT_EQ(db.jobs().size(), 1u);  // lookups created nothing
+}
+
 // ---------------------------------------------------------------------------------- queries
 
 TEST(DbResults, JoinsFiltersAndOrder) {
