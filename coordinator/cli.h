@@ -31,6 +31,8 @@ void register_model_commands(std::vector<Command>& out);
 void register_prune_commands(std::vector<Command>& out);
 void register_eval_commands(std::vector<Command>& out);
 void register_sweep_commands(std::vector<Command>& out);  // sweep, query, report
+void register_train_commands(std::vector<Command>& out);  // train (and finetune)
+void register_analyze_commands(std::vector<Command>& out);  // analyze
 
 // Shared option groups.
 void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads
