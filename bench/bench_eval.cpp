@@ -1,2 +1,237 @@
+// Evaluation throughput on one random model of realistic small shape:
+//  - hellaswag items/s through run_task with state reuse on and off (same items), and the ratio;
+//  - where the reuse path spends its time (context forward, continuation forward, lm_head +
+//    log-softmax), timed with the public LinearLM calls the engine makes;
+//  - wikitext tokens/s: lm-eval's rolling windows of the first documents through Scorer::score.
+//
+//   build/bench/bench_eval [--arch delta_net] [--hidden 512] [--layers 4] [--heads 8]
+//                          [--tokenizer PATH|bytes] [--limit 200] [--docs 2] [--batch 16]
+//                          [--max-length 2048] [--threads 0] [--data-dir DIR] [--impl auto]
+//
+// Task data: --data-dir, else $RANKPRUNE_DATA_DIR, else <source>/../shared/data. Prints figures;
+// asserts nothing.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
-int main() { std::puts("placeholder"); }
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <string>
+#include <thread>
+
+#include "common/fs.h"
+#include "eval/engine.h"
+#include "eval/runner.h"
+#include "eval/tasks.h"
+#include "model/linear_lm.h"
+#include "model/tokenizer.h"
+
+using namespace rankprune;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double metric(const eval::TaskResult& r, const std::string& name) {
+  for (const auto& m : r.metrics)
+    if (m.name == name) return m.value;
+  return NAN;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> opt = {{"arch", "delta_net"}, {"hidden", "512"},   {"layers", "4"},
+                                            {"heads", "8"},        {"limit", "200"},    {"docs", "2"},
+                                            {"batch", "16"},       {"max-length", "2048"}, {"threads", "0"},
+                                            {"tokenizer", ""},     {"data-dir", ""},        {"impl", "auto"}};
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      std::cout << "bench_eval [--arch delta_net|gated_deltanet] [--hidden 512] [--layers 4] [--heads 8]\n"
+                   "           [--tokenizer PATH|bytes] [--limit 200] [--docs 2] [--batch 16] [--max-length 2048]\n"
+                   "           [--threads 0] [--data-dir DIR] [--impl auto|chunked|recurrent]\n";
+      return 0;
+    }
+    if (a.rfind("--", 0) != 0 || !opt.count(a.substr(2)) || i + 1 >= argc) {
+      std::cerr << "bench_eval: bad argument '" << a << "' (see --help)\n";
+      return 2;
+    }
+    opt[a.substr(2)] = argv[++i];
+  }
+  std::string data = opt["data-dir"];
+  if (data.empty()) {
+    const char* env = std::getenv("RANKPRUNE_DATA_DIR");
+    data = env && *env ? env : path_join(RANKPRUNE_SOURCE_DIR, "../shared/data");
+  }
+  const std::string tok_path =
+      opt["tokenizer"].empty() ? path_join(data, "tokenizers/mistral_v1.model") : opt["tokenizer"];
+  int threads = std::stoi(opt["threads"]);
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+
+  const auto tok = Tokenizer::load(tok_path);
+  ModelConfig c = ModelConfig::defaults(opt["arch"] == "gated_deltanet" ? Arch::GatedDeltaNet : Arch::DeltaNet);
+  c.hidden_size = std::stoll(opt["hidden"]);
+  c.num_heads = std::stoll(opt["heads"]);
+  c.num_hidden_layers = std::stoll(opt["layers"]);
+  c.vocab_size = tok->vocab_size();
+  c.intermediate_size = 0;
+  if (c.arch == Arch::GatedDeltaNet) {
+    c.head_dim = c.hidden_size / c.num_heads;
+    c.expand_v = 1.0;
+  }
+  c.finalize();
+  const LinearLM model(c, init_random_weights(c, 0, torch::kFloat32));
+
+  eval::EvalSettings s;
+  s.data_dir = data;
+  s.limit = std::stol(opt["limit"]);
+  s.engine.batch_size = std::stoll(opt["batch"]);
+  s.engine.max_length = std::stoll(opt["max-length"]);
+  // auto = fla's dispatch (recurrent for T <= 64); chunked is the same computation up to rounding.
+  s.engine.forward.impl = opt["impl"] == "chunked"     ? DeltaRuleImpl::Chunked
+                          : opt["impl"] == "recurrent" ? DeltaRuleImpl::Recurrent
+                                                       : DeltaRuleImpl::Auto;
+  std::printf("bench_eval: %s hidden %lld, %lld layers, %lld heads (dk %lld, dv %lld), vocab %lld (%s), %.1fM params, "
+              "f32, %d threads, batch %lld\n",
+              arch_name(c.arch), static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_hidden_layers),
+              static_cast<long long>(c.num_heads), static_cast<long long>(c.head_k_dim),
+              static_cast<long long>(c.head_v_dim), static_cast<long long>(c.vocab_size), tok->name().c_str(),
+              static_cast<double>(c.num_parameters()) / 1e6, threads, static_cast<long long>(s.engine.batch_size));
+
+  // ---- hellaswag, reuse on vs off.
+  const auto items = eval::read_hellaswag(path_join(data, "tasks/hellaswag/hellaswag_val_full.txt"), s.limit);
+  int64_t ctx_tok = 0, cont_tok = 0, n_cont = 0;
+  for (const auto& it : items)
+    for (std::size_t k = 0; k < it.continuations.size(); ++k) {
+      const auto r = eval::encode_pair(*tok, it.context, it.continuations[k], s.add_bos);
+      if (k == 0) ctx_tok += static_cast<int64_t>(r.context.size());
+      cont_tok += static_cast<int64_t>(r.continuation.size());
+      ++n_cont;
+    }
+  std::printf("hellaswag: %zu items, %lld choices; mean context %.1f tokens, mean continuation %.1f tokens\n",
+              items.size(), static_cast<long long>(n_cont), static_cast<double>(ctx_tok) / static_cast<double>(items.size()),
+              static_cast<double>(cont_tok) / static_cast<double>(n_cont));
+  // Warm-up on a few items, then both modes alternately, twice; the best time of each is reported.
+  {
+    auto w = s;
+    w.limit = std::min<long>(s.limit, 8);
+    (void)eval::run_task("hellaswag", model, *tok, w);
+  }
+  double secs[2] = {1e300, 1e300}, acc[2] = {0, 0};
+  for (int rep = 0; rep < 2; ++rep)
+    for (int reuse = 0; reuse <= 1; ++reuse) {
+      s.engine.reuse_state = reuse == 1;
+      const auto r = eval::run_task("hellaswag", model, *tok, s);
+      secs[reuse] = std::min(secs[reuse], r.seconds);
+      acc[reuse] = metric(r, "acc_norm");
+    }
+  for (int reuse = 1; reuse >= 0; --reuse)
+    std::printf("  reuse_state=%-5s %7.2f s  %8.2f items/s  (acc_norm %.4f; best of 2)\n", reuse ? "true" : "false",
+                secs[reuse], static_cast<double>(items.size()) / secs[reuse], acc[reuse]);
+  std::printf("  speed-up from reuse: %.2fx%s\n", secs[0] / secs[1],
+              acc[0] == acc[1] ? "" : "  (WARNING: metrics differ)");
+
+  // ---- Where the reuse path spends its time, one batch of groups at a time.
+  {
+    torch::NoGradGuard ng;
+    ForwardOptions fo = s.engine.forward;
+    double t_ctx = 0, t_cont = 0, t_head = 0;
+    const auto B = static_cast<std::size_t>(s.engine.batch_size);
+    for (std::size_t lo = 0; lo < items.size(); lo += B) {
+      const std::size_t hi = std::min(items.size(), lo + B);
+      std::vector<std::vector<int>> ctx;
+      std::vector<std::vector<int>> conts;
+      std::vector<int64_t> rows;
+      for (std::size_t i = lo; i < hi; ++i)
+        for (std::size_t k = 0; k < items[i].continuations.size(); ++k) {
+          auto r = eval::encode_pair(*tok, items[i].context, items[i].continuations[k], s.add_bos);
+          if (k == 0) ctx.push_back(r.context);
+          conts.emplace_back(r.continuation.begin(), r.continuation.end() - 1);
+          rows.push_back(static_cast<int64_t>(i - lo));
+        }
+      int64_t Tc = 0;
+      for (const auto& x : ctx) Tc = std::max<int64_t>(Tc, static_cast<int64_t>(x.size()));
+      auto ids = torch::zeros({static_cast<int64_t>(ctx.size()), Tc}, torch::kLong);
+      auto valid = torch::zeros({static_cast<int64_t>(ctx.size()), Tc}, torch::kBool);
+      for (std::size_t g = 0; g < ctx.size(); ++g)
+        for (std::size_t t = 0; t < ctx[g].size(); ++t) {
+          const auto p = static_cast<int64_t>(Tc - static_cast<int64_t>(ctx[g].size()) + static_cast<int64_t>(t));
+          ids[static_cast<int64_t>(g)][p] = ctx[g][t];
+          valid[static_cast<int64_t>(g)][p] = true;
+        }
+      auto t0 = Clock::now();
+      LmState st;
+      auto hc = model.hidden_left_padded(ids, valid, &st, fo);
+      t_ctx += since(t0);
+      // Continuations as the engine runs them: longest first, `batch` rows per forward.
+      std::vector<std::size_t> order(conts.size());
+      for (std::size_t r = 0; r < order.size(); ++r) order[r] = r;
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return conts[x].size() > conts[y].size(); });
+      std::vector<torch::Tensor> scored_rows;
+      for (std::size_t a = 0; a < order.size(); a += B) {
+        const std::size_t e = std::min(order.size(), a + B);
+        const auto Tk = static_cast<int64_t>(conts[order[a]].size());
+        if (Tk == 0) break;
+        auto kid = torch::zeros({static_cast<int64_t>(e - a), Tk}, torch::kLong);
+        std::vector<int64_t> srows;
+        for (std::size_t k = a; k < e; ++k) {
+          srows.push_back(rows[order[k]]);
+          for (std::size_t t = 0; t < conts[order[k]].size(); ++t)
+            kid[static_cast<int64_t>(k - a)][static_cast<int64_t>(t)] = conts[order[k]][t];
+        }
+        t0 = Clock::now();
+        LmState sc = st.select(torch::tensor(srows));
+        auto hk = model.hidden(kid, &sc, fo);
+        t_cont += since(t0);
+        for (std::size_t k = a; k < e; ++k)
+          if (!conts[order[k]].empty())
+            scored_rows.push_back(hk[static_cast<int64_t>(k - a)].narrow(0, 0, static_cast<int64_t>(conts[order[k]].size())));
+      }
+      // lm_head + log-softmax: one row per group for the first tokens, one per later token.
+      t0 = Clock::now();
+      scored_rows.push_back(hc.select(1, Tc - 1));
+      auto flat = torch::cat(scored_rows, 0);
+      for (int64_t a = 0; a < flat.size(0); a += 128) {
+        auto lp = torch::log_softmax(model.logits_from_hidden(flat.narrow(0, a, std::min<int64_t>(128, flat.size(0) - a))), -1);
+        (void)lp.max();
+      }
+      t_head += since(t0);
+    }
+    const double tot = t_ctx + t_cont + t_head;
+    std::printf("  reuse path breakdown: context forward %.2f s (%.0f%%), continuation forward %.2f s (%.0f%%), "
+                "lm_head + log_softmax %.2f s (%.0f%%)\n",
+                t_ctx, 100 * t_ctx / tot, t_cont, 100 * t_cont / tot, t_head, 100 * t_head / tot);
+  }
+
+  // ---- wikitext rolling windows.
+  {
+    const auto docs = eval::read_wikitext(path_join(data, "text/wikitext2/wiki.test.raw"), std::stol(opt["docs"]));
+    std::vector<eval::Request> reqs;
+    int64_t tokens = 0;
+    for (const auto& d : docs) {
+      const auto ids = eval::encode(*tok, d.text, s.add_bos);
+      tokens += static_cast<int64_t>(ids.size());
+      for (const auto& w : eval::rolling_windows(ids.size(), static_cast<std::size_t>(s.engine.max_length))) {
+        auto wt = eval::window_tokens(w, ids, eval::prefix_token(*tok));
+        reqs.push_back({std::move(wt.context), std::move(wt.continuation)});
+      }
+    }
+    const eval::Scorer scorer(model, s.engine);
+    const auto t0 = Clock::now();
+    const auto sc = scorer.score(reqs);
+    const double t = since(t0);
+    double ll = 0;
+    for (const auto& x : sc) ll += x.logprob;
+    std::printf("wikitext: %zu documents, %lld tokens, %zu rolling windows of max %lld: %.2f s, %.0f tokens/s "
+                "(token ppl %.1f)\n",
+                docs.size(), static_cast<long long>(tokens), reqs.size(), static_cast<long long>(s.engine.max_length), t,
+                static_cast<double>(tokens) / t, std::exp(-ll / static_cast<double>(tokens)));
+  }
+  return 0;
+}

@@ -133,32 +133,64 @@ std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<cons
   }
   LmState st;
   auto hc = model_.hidden_left_padded(ids, valid, &st, opts_.forward);
-  // The last context position predicts every continuation's first token.
-  std::vector<int64_t> first_ctx;
-  std::vector<std::vector<int>> first_tok;
-  // The rest: each continuation minus its last token, from a copy of its group's state.
-  std::vector<int64_t> state_rows;
-  std::vector<const std::vector<int>*> cont_inputs;
-  std::vector<std::vector<int>> cont_inputs_store, cont_targets;
+  // Continuation rows r = (group, choice) in input order.
+  std::vector<int64_t> group_of;
+  std::vector<int> first_tok;
+  std::vector<std::vector<int>> cont_inputs, cont_targets;
   for (int64_t g = 0; g < G; ++g)
     for (const auto& c : batch[static_cast<std::size_t>(g)]->continuations) {
-      first_ctx.push_back(g);
-      first_tok.push_back({c.front()});
-      state_rows.push_back(g);
-      cont_inputs_store.emplace_back(c.begin(), c.end() - 1);
+      group_of.push_back(g);
+      first_tok.push_back(c.front());
+      cont_inputs.emplace_back(c.begin(), c.end() - 1);  // each continuation minus its last token
       cont_targets.emplace_back(c.begin() + 1, c.end());
     }
-  // score_positions takes (row, position) pairs; the first tokens all sit at position Tc - 1.
-  auto last = hc.narrow(1, Tc - 1, 1).index_select(0, torch::tensor(first_ctx));  // [R, 1, D]
-  auto s0 = score_positions(last, std::vector<int64_t>(first_ctx.size(), 0), first_tok);
-  int64_t Tk = 0;
-  for (const auto& c : cont_inputs_store) Tk = std::max<int64_t>(Tk, static_cast<int64_t>(c.size()));
-  std::vector<Score> s1(cont_targets.size());
-  if (Tk > 0) {
-    for (const auto& c : cont_inputs_store) cont_inputs.push_back(&c);
+  const auto R = group_of.size();
+  // The last context position predicts every continuation's first token: its logits are computed
+  // once per group (not once per choice) and read for each choice.
+  std::vector<Score> s0(R);
+  {
+    const auto last = hc.select(1, Tc - 1);  // [G, D]
+    const auto lt = last.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+    const int64_t step = logit_rows_per_chunk(model_.config().vocab_size);
+    for (int64_t lo = 0; lo < G; lo += step) {
+      const int64_t len = std::min(step, G - lo);
+      auto logp = torch::log_softmax(model_.logits_from_hidden(last.narrow(0, lo, len)).to(lt), -1);
+      auto lp = logp.to(torch::kFloat64).contiguous();
+      auto best = logp.argmax(1).contiguous();
+      auto lpa = lp.accessor<double, 2>();
+      auto ba = best.accessor<int64_t, 1>();
+      for (std::size_t r = 0; r < R; ++r) {
+        const int64_t g = group_of[r];
+        if (g < lo || g >= lo + len) continue;
+        s0[r] = {lpa[g - lo][first_tok[r]], ba[g - lo] == first_tok[r]};
+      }
+    }
+  }
+  // The rest of each continuation, from a copy of its group's state. Rows are sorted longest
+  // first and run batch_size at a time, so a long choice pads only rows of similar length.
+  // Single-token continuations have nothing left to score: log P = 0 and (vacuously) greedy.
+  std::vector<Score> s1(R, Score{0.0, true});
+  std::vector<std::size_t> todo;
+  for (std::size_t r = 0; r < R; ++r)
+    if (!cont_inputs[r].empty()) todo.push_back(r);
+  const auto order = longest_first(todo.size(), [&](std::size_t k) { return cont_inputs[todo[k]].size(); });
+  const auto B = static_cast<std::size_t>(opts_.batch_size);
+  for (std::size_t lo = 0; lo < order.size(); lo += B) {
+    const std::size_t hi = std::min(order.size(), lo + B);
+    std::vector<const std::vector<int>*> rows;
+    std::vector<int64_t> state_rows;
+    std::vector<std::vector<int>> targets;
+    for (std::size_t k = lo; k < hi; ++k) {
+      const std::size_t r = todo[order[k]];
+      rows.push_back(&cont_inputs[r]);
+      state_rows.push_back(group_of[r]);
+      targets.push_back(cont_targets[r]);
+    }
+    const auto Tk = static_cast<int64_t>(rows.front()->size());  // longest first
     LmState sc = st.select(torch::tensor(state_rows));
-    auto hk = model_.hidden(right_padded(cont_inputs, Tk), &sc, opts_.forward);
-    s1 = score_positions(hk, std::vector<int64_t>(cont_targets.size(), 0), cont_targets);
+    auto hk = model_.hidden(right_padded(rows, Tk), &sc, opts_.forward);
+    auto s = score_positions(hk, std::vector<int64_t>(rows.size(), 0), targets);
+    for (std::size_t k = lo; k < hi; ++k) s1[todo[order[k]]] = s[k - lo];
   }
   std::vector<std::vector<Score>> out(batch.size());
   std::size_t r = 0;
