@@ -74,6 +74,52 @@ std::vector<int64_t> parse_int_list(const std::string& text, const std::string& 
   return out;
 }
 
+void add_model_shape_options(po::options_description& d, int64_t vocab_default, const char* vocab_help) {
+  d.add_options()
+      ("arch", po::value<std::string>()->required(), "delta_net or gated_deltanet")
+      ("hidden-size", po::value<int64_t>()->default_value(256), "model width D")
+      ("num-layers", po::value<int64_t>()->default_value(2), "number of blocks")
+      ("num-heads", po::value<int64_t>()->default_value(4), "query/key heads H")
+      ("num-v-heads", po::value<int64_t>()->default_value(0), "value heads (gated_deltanet GVA; 0 = num-heads)")
+      ("head-k-dim", po::value<int64_t>()->default_value(64), "query/key channels per head dk")
+      ("head-v-dim", po::value<int64_t>()->default_value(64), "value channels per head dv")
+      ("vocab-size", po::value<int64_t>()->default_value(vocab_default), vocab_help)
+      ("intermediate-size", po::value<int64_t>()->default_value(0), "MLP width (0 = fla's rule from hidden_ratio 4)")
+      ("conv-size", po::value<int64_t>()->default_value(4), "short convolution length")
+      ("use-gate", po::value<std::string>()->default_value("auto"),
+       "output gate g_proj: true, false, or auto (fla's default: false for delta_net, true for gated_deltanet)")
+      ("allow-neg-eigval", po::value<std::string>()->default_value("false"), "beta in (0, 2) instead of (0, 1)")
+      ("tie-embeddings", po::value<std::string>()->default_value("false"), "share embeddings and lm_head")
+      ("init-std", po::value<double>()->default_value(0.02), "std of the normal init (fla initializer_range)");
+}
+
+ModelShape model_shape_from(const po::variables_map& vm) {
+  ModelShape s;
+  const std::string arch = vm["arch"].as<std::string>();
+  if (arch == "delta_net")
+    s.arch = Arch::DeltaNet;
+  else if (arch == "gated_deltanet")
+    s.arch = Arch::GatedDeltaNet;
+  else
+    throw UsageError(cat("--arch: expected delta_net or gated_deltanet, got '", arch, "'"));
+  auto i = [&vm](const char* k) { return vm[k].as<int64_t>(); };
+  s.hidden_size = i("hidden-size");
+  s.num_layers = i("num-layers");
+  s.num_heads = i("num-heads");
+  s.num_v_heads = i("num-v-heads");
+  s.head_k_dim = i("head-k-dim");
+  s.head_v_dim = i("head-v-dim");
+  s.vocab_size = i("vocab-size");
+  s.intermediate_size = i("intermediate-size");
+  s.conv_size = i("conv-size");
+  const std::string gate = vm["use-gate"].as<std::string>();
+  s.use_gate = gate == "auto" ? -1 : (parse_bool(gate, "use-gate") ? 1 : 0);
+  s.allow_neg_eigval = parse_bool(vm["allow-neg-eigval"].as<std::string>(), "allow-neg-eigval");
+  s.tie_embeddings = parse_bool(vm["tie-embeddings"].as<std::string>(), "tie-embeddings");
+  s.init_std = vm["init-std"].as<double>();
+  return s;
+}
+
 std::vector<std::string> split_list(const std::string& text) {
   std::vector<std::string> out;
   std::size_t pos = 0;

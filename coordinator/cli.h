@@ -40,6 +40,12 @@ void apply_threads(const po::variables_map& vm);
 // ForwardOptions from --dtype/--impl/--chunk-size; applies --threads. UsageError on bad values.
 ForwardOptions forward_options_from(const po::variables_map& vm);
 
+// Model size options shared by init and train (--arch --hidden-size --num-layers --num-heads
+// --num-v-heads --head-k-dim --head-v-dim --vocab-size --intermediate-size --conv-size --use-gate
+// --allow-neg-eigval --tie-embeddings --init-std) and the shape they describe (vocab as given).
+void add_model_shape_options(po::options_description& d, int64_t vocab_default, const char* vocab_help);
+ModelShape model_shape_from(const po::variables_map& vm);
+
 // Parses "3,17,5" into ids; UsageError naming the option on bad input.
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option);
 bool parse_bool(const std::string& text, const std::string& option);

@@ -30,72 +30,16 @@ std::string human_bytes(double b) {
 // ------------------------------------------------------------------------------------------- init
 
 void declare_init(po::options_description& d) {
+  add_model_shape_options(d, 32000, "vocabulary size");
   d.add_options()
-      ("arch", po::value<std::string>()->required(), "delta_net or gated_deltanet")
       ("out", po::value<std::string>()->required(), "output checkpoint folder (must not exist or be empty)")
-      ("hidden-size", po::value<int64_t>()->default_value(256), "model width D")
-      ("num-layers", po::value<int64_t>()->default_value(2), "number of blocks")
-      ("num-heads", po::value<int64_t>()->default_value(4), "query/key heads H")
-      ("num-v-heads", po::value<int64_t>()->default_value(0), "value heads (gated_deltanet GVA; 0 = num-heads)")
-      ("head-k-dim", po::value<int64_t>()->default_value(64), "query/key channels per head dk")
-      ("head-v-dim", po::value<int64_t>()->default_value(64), "value channels per head dv")
-      ("vocab-size", po::value<int64_t>()->default_value(32000), "vocabulary size")
-      ("intermediate-size", po::value<int64_t>()->default_value(0), "MLP width (0 = fla's rule from hidden_ratio 4)")
-      ("conv-size", po::value<int64_t>()->default_value(4), "short convolution length")
-      ("use-gate", po::value<std::string>()->default_value("auto"),
-       "output gate g_proj: true, false, or auto (fla's default: false for delta_net, true for gated_deltanet)")
-      ("allow-neg-eigval", po::value<std::string>()->default_value("false"), "beta in (0, 2) instead of (0, 1)")
-      ("tie-embeddings", po::value<std::string>()->default_value("false"), "share embeddings and lm_head")
-      ("init-std", po::value<double>()->default_value(0.02), "std of the normal init (fla initializer_range)")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed")
       ("dtype", po::value<std::string>()->default_value("bf16"), "stored weight dtype: f32 or bf16")
       ("tokenizer", po::value<std::string>(), "optional SentencePiece .model copied into the folder as tokenizer.model");
 }
 
 int run_init(const po::variables_map& vm) {
-  const std::string arch_s = vm["arch"].as<std::string>();
-  Arch arch;
-  if (arch_s == "delta_net")
-    arch = Arch::DeltaNet;
-  else if (arch_s == "gated_deltanet")
-    arch = Arch::GatedDeltaNet;
-  else
-    throw UsageError(cat("--arch: expected delta_net or gated_deltanet, got '", arch_s, "'"));
-  auto positive = [&](const char* opt) {
-    int64_t v = vm[opt].as<int64_t>();
-    if (v < 1) throw UsageError(cat("--", opt, " must be >= 1, got ", v));
-    return v;
-  };
-  ModelConfig c = ModelConfig::defaults(arch);
-  c.hidden_size = positive("hidden-size");
-  c.num_hidden_layers = positive("num-layers");
-  c.num_heads = positive("num-heads");
-  c.vocab_size = positive("vocab-size");
-  c.conv_size = positive("conv-size");
-  const int64_t dk = positive("head-k-dim"), dv = positive("head-v-dim");
-  c.intermediate_size = vm["intermediate-size"].as<int64_t>();
-  if (c.intermediate_size < 0) throw UsageError("--intermediate-size must be >= 0");
-  c.initializer_range = vm["init-std"].as<double>();
-  if (!(c.initializer_range > 0)) throw UsageError("--init-std must be > 0");
-  const std::string gate = vm["use-gate"].as<std::string>();
-  if (gate != "auto") c.use_gate = parse_bool(gate, "use-gate");
-  c.allow_neg_eigval = parse_bool(vm["allow-neg-eigval"].as<std::string>(), "allow-neg-eigval");
-  c.tie_word_embeddings = parse_bool(vm["tie-embeddings"].as<std::string>(), "tie-embeddings");
-  const int64_t nv = vm["num-v-heads"].as<int64_t>();
-  if (arch == Arch::DeltaNet) {
-    if (nv != 0 && nv != c.num_heads) throw UsageError("--num-v-heads is only for gated_deltanet");
-    // fla derives key_dim = int(hidden_size * expand_k): pick ratios that reproduce H * dk exactly.
-    c.expand_k = fla_ratio(c.hidden_size, c.num_heads * dk);
-    c.expand_v = fla_ratio(c.hidden_size, c.num_heads * dv);
-  } else {
-    c.head_dim = dk;
-    c.expand_v = fla_ratio(dk, dv);
-    c.num_v_heads = nv;
-  }
-  c.raw = nlohmann::json::object();
-  c.finalize("--arch/size options");
-  if (c.head_k_dim != dk || c.head_v_dim != dv)
-    throw UsageError(cat("--head-v-dim ", dv, " is not representable with head_dim ", dk, " (fla: head_v_dim = int(head_dim * expand_v))"));
+  const ModelConfig c = build_model_config(model_shape_from(vm));
 
   const std::string dts = vm["dtype"].as<std::string>();
   torch::ScalarType dtype;
@@ -121,7 +65,7 @@ int run_init(const po::variables_map& vm) {
   model.save(dir.path());
   if (!tok.empty()) std::filesystem::copy_file(tok, path_join(dir.path(), "tokenizer.model"));
   dir.commit();
-  std::cout << "wrote " << arch_name(arch) << " checkpoint to " << out << " (" << c.num_parameters()
+  std::cout << "wrote " << arch_name(c.arch) << " checkpoint to " << out << " (" << c.num_parameters()
             << " parameters, " << dts << ")\n";
   return kExitOk;
 }

@@ -278,4 +278,41 @@ int64_t ModelConfig::num_parameters() const {
   return total;
 }
 
+ModelConfig build_model_config(const ModelShape& s) {
+  auto positive = [](const char* opt, int64_t v) {
+    if (v < 1) throw UsageError(cat("--", opt, " must be >= 1, got ", v));
+    return v;
+  };
+  ModelConfig c = ModelConfig::defaults(s.arch);
+  c.hidden_size = positive("hidden-size", s.hidden_size);
+  c.num_hidden_layers = positive("num-layers", s.num_layers);
+  c.num_heads = positive("num-heads", s.num_heads);
+  c.vocab_size = positive("vocab-size", s.vocab_size);
+  c.conv_size = positive("conv-size", s.conv_size);
+  const int64_t dk = positive("head-k-dim", s.head_k_dim), dv = positive("head-v-dim", s.head_v_dim);
+  if (s.intermediate_size < 0) throw UsageError("--intermediate-size must be >= 0");
+  c.intermediate_size = s.intermediate_size;
+  if (!(s.init_std > 0)) throw UsageError("--init-std must be > 0");
+  c.initializer_range = s.init_std;
+  if (s.use_gate >= 0) c.use_gate = s.use_gate != 0;
+  c.allow_neg_eigval = s.allow_neg_eigval;
+  c.tie_word_embeddings = s.tie_embeddings;
+  if (s.arch == Arch::DeltaNet) {
+    if (s.num_v_heads != 0 && s.num_v_heads != c.num_heads) throw UsageError("--num-v-heads is only for gated_deltanet");
+    c.expand_k = fla_ratio(c.hidden_size, c.num_heads * dk);
+    c.expand_v = fla_ratio(c.hidden_size, c.num_heads * dv);
+  } else {
+    if (s.num_v_heads < 0) throw UsageError("--num-v-heads must be >= 0");
+    c.head_dim = dk;
+    c.expand_v = fla_ratio(dk, dv);
+    c.num_v_heads = s.num_v_heads;
+  }
+  c.raw = nlohmann::json::object();
+  c.finalize("--arch/size options");
+  if (c.head_k_dim != dk || c.head_v_dim != dv)
+    throw UsageError(cat("--head-v-dim ", dv, " is not representable with head_dim ", dk,
+                         " (fla: head_v_dim = int(head_dim * expand_v))"));
+  return c;
+}
+
 }  // namespace rankprune

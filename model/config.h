@@ -84,4 +84,17 @@ struct ModelConfig {
   int64_t state_elements_per_layer() const { return n_v_heads * head_k_dim * head_v_dim; }
 };
 
+// The size options of `rankprune init` / `train`.
+struct ModelShape {
+  Arch arch = Arch::DeltaNet;
+  int64_t hidden_size = 256, num_layers = 2, num_heads = 4, num_v_heads = 0;
+  int64_t head_k_dim = 64, head_v_dim = 64, vocab_size = 32000, intermediate_size = 0, conv_size = 4;
+  int use_gate = -1;  // -1: fla's default for the arch (false for delta_net, true for gated_deltanet)
+  bool allow_neg_eigval = false, tie_embeddings = false;
+  double init_std = 0.02;
+};
+// The fla config for `shape` (ratios chosen so fla re-derives exactly these head dims). UsageError
+// naming the option on bad values.
+ModelConfig build_model_config(const ModelShape& shape);
+
 }  // namespace rankprune

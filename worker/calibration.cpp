@@ -34,11 +34,13 @@ uint64_t splitmix64(uint64_t& x) {
   return z ^ (z >> 31);
 }
 
-std::vector<std::string> read_documents(const std::string& path) {
+}  // namespace
+
+std::vector<std::string> read_documents(const std::string& path, const std::string& what) {
   const std::string ext = extension(path);
   const std::string text = read_file(path);
   if (ext == ".txt" || ext == ".tokens" || ext == ".raw") return {text};
-  RP_CHECK_INPUT(ext == ".jsonl", "calibration data '", path,
+  RP_CHECK_INPUT(ext == ".jsonl", what, " '", path,
                  "': unknown extension (expected .txt, .jsonl with a \"text\" field, or .npy)");
   std::vector<std::string> docs;
   std::istringstream in(text);
@@ -59,8 +61,6 @@ std::vector<std::string> read_documents(const std::string& path) {
   }
   return docs;
 }
-
-}  // namespace
 
 std::vector<int64_t> choose_indices(int64_t n, int64_t k, uint64_t seed) {
   RP_ASSERT(k >= 0 && k <= n, "choose ", k, " of ", n);

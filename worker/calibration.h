@@ -29,6 +29,10 @@ struct CalibrationData {
 // are drawn without replacement with `seed` and kept in their original order.
 // InputError naming the file for unreadable/malformed data, unknown extensions, ids outside
 // [0, vocab_size), or too little data for the request.
+// The documents of a text file: .txt/.tokens/.raw are one document; .jsonl one per line (field
+// "text"). InputError naming the file (and line) otherwise. `what` names the data in messages.
+std::vector<std::string> read_documents(const std::string& path, const std::string& what = "calibration data");
+
 CalibrationData load_calibration_data(const std::vector<std::string>& files, const Tokenizer* tok,
                                       const std::string& tokenizer_path, int64_t seq_len, int64_t sequences,
                                       uint64_t seed, int64_t vocab_size, bool add_bos = true);
