@@ -27,7 +27,7 @@ std::string tick_label(double v) {
     int e = static_cast<int>(std::floor(std::log10(a)));
     double m = v / std::pow(10.0, e);
     if (std::fabs(m - std::round(m)) < 1e-6) std::snprintf(buf, sizeof buf, "%.0fe%d", std::round(m), e);
-    else std::snprintf(buf, sizeof buf, "%.2ge%d", m, e);
+    else std::snprintf(buf, sizeof buf, "%.4ge%d", m, e);  // 4 digits: narrow log ranges stay distinct
     return buf;
   }
   std::snprintf(buf, sizeof buf, "%.6g", v);

@@ -1,6 +1,4 @@
 // storage/report.h: the self-contained HTML report. Coordinates are computed by hand in comments.
-// RANKPRUNE_REPORT_SAMPLE=<path> makes ReportSample.WritesRealisticSample write a realistic report
-// there (used by scripts/screenshot_report.sh checks and docs/report.md).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -236,80 +234,6 @@ TEST(ReportPlot, Ticks) {
   EXPECT_EQ(log_ticks(20, 20000), (std::vector<double>{100, 1000, 10000}));
   EXPECT_EQ(log_ticks(20, 60), (std::vector<double>{20, 30, 40, 50, 60}));
   EXPECT_EQ(log_ticks(15, 600), (std::vector<double>{20, 50, 100, 200, 500}));
-}
-
-// Not a check: writes a realistic report for eyeballing / screenshots when asked to.
-TEST(ReportSample, WritesRealisticSample) {
-  const char* path = std::getenv("RANKPRUNE_REPORT_SAMPLE");
-  if (!path || !*path) GTEST_SKIP() << "set RANKPRUNE_REPORT_SAMPLE=<file.html> to write a sample report";
-  ReportInput in;
-  in.title = "rankprune sweep: fixtures/delta_net";
-  in.generated_at = "2024-05-01T12:34:56Z";
-  in.facts = {{"database", "runs/sweep.db"}, {"models", "fixtures/delta_net"}, {"git", "3f9c2ab"},
-              {"runs", "1 sweep, 3 workers"}};
-  const std::vector<double> ratios = {0.25, 0.5, 0.75};
-  struct M {
-    std::string name;
-    std::vector<double> ppl;  // word perplexity at the ratios
-    std::vector<double> acc;  // piqa acc at the ratios
-  };
-  const std::vector<M> methods = {{"drrqr", {33.1, 38.9, 61.0}, {0.771, 0.752, 0.701}},
-                                  {"pca", {34.0, 42.5, 80.3}, {0.768, 0.744, 0.690}},
-                                  {"l1", {39.8, 95.2, 1450.0}, {0.742, 0.680, 0.585}},
-                                  {"random", {45.0, 240.0, 9800.0}, {0.725, 0.640, 0.560}}};
-  auto& R = in.results;
-  R.push_back(row("none", 0, 0, "wikitext", "word_perplexity", 31.42));
-  R.push_back(row("none", 0, 0, "wikitext", "token_perplexity", 12.85));
-  R.push_back(row("none", 0, 0, "lambada_openai", "acc", 0.412, 0.0069));
-  R.push_back(row("none", 0, 0, "lambada_openai", "perplexity", 18.7, 0.61));
-  R.push_back(row("none", 0, 0, "piqa", "acc", 0.781, 0.0096));
-  R.push_back(row("none", 0, 0, "piqa", "acc_norm", 0.790, 0.0095));
-  for (const auto& m : methods) {
-    int seeds = m.name == "random" ? 3 : 1;
-    for (std::size_t i = 0; i < ratios.size(); ++i)
-      for (int s = 0; s < seeds; ++s) {
-        double jitter = seeds > 1 ? (s - 1) * 0.06 : 0.0;  // random: seeds spread +-6 %
-        double ppl = m.ppl[i] * (1 + jitter);
-        R.push_back(row(m.name, ratios[i], s, "wikitext", "word_perplexity", ppl));
-        R.push_back(row(m.name, ratios[i], s, "wikitext", "token_perplexity", std::pow(ppl, 0.74)));
-        R.push_back(row(m.name, ratios[i], s, "lambada_openai", "perplexity", 18.7 * std::pow(ppl / 31.42, 1.3),
-                        0.6 * ppl / 31.42));
-        R.push_back(row(m.name, ratios[i], s, "lambada_openai", "acc",
-                        0.412 * std::pow(31.42 / ppl, 0.35), 0.0068));
-        double acc = m.acc[i] * (1 - jitter / 6);
-        R.push_back(row(m.name, ratios[i], s, "piqa", "acc", acc, 0.0100));
-        R.push_back(row(m.name, ratios[i], s, "piqa", "acc_norm", acc + 0.008, 0.0099));
-      }
-  }
-  // one exploded seed: random at 0.75, seed 2 on lambada perplexity
-  for (auto& r : R)
-    if (r.method == "random" && r.ratio == 0.75 && r.seed == 2 && r.metric == "perplexity")
-      r.value = std::numeric_limits<double>::infinity();
-  const char* states[] = {"done", "done", "done", "running", "failed", "pending"};
-  std::int64_t id = 1;
-  for (const auto& m : methods)
-    for (double r : ratios) {
-      JobRow j;
-      j.id = id;
-      j.model = "fixtures/delta_net";
-      j.method = m.name;
-      j.ratio = r;
-      j.task = "wikitext";
-      j.state = states[id % 6];
-      j.attempts = j.state == "failed" ? 3 : 1;
-      j.host = "gpu-node" + std::to_string(id % 3);
-      j.rank = static_cast<int>(id % 3);
-      if (j.state != "pending") {
-        j.started = "2024-05-01T10:0" + std::to_string(id % 10) + ":00Z";
-        j.seconds = 41.5 + static_cast<double>(id);
-      }
-      if (j.state == "done") j.finished = "2024-05-01T11:00:00Z";
-      if (j.state == "failed") j.error = "CUDA error: out of memory (tried to allocate 2.00 GiB)";
-      in.jobs.push_back(j);
-      ++id;
-    }
-  std::ofstream(path) << render_report_html(in);
-  SUCCEED() << "wrote " << path;
 }
 
 }  // namespace
