@@ -31,7 +31,8 @@ void register_model_commands(std::vector<Command>& out);
 void register_prune_commands(std::vector<Command>& out);
 void register_eval_commands(std::vector<Command>& out);
 void register_sweep_commands(std::vector<Command>& out);  // sweep, query, report
-void register_train_commands(std::vector<Command>& out);  // train (and finetune)
+void register_train_commands(std::vector<Command>& out);  // train
+void register_finetune_commands(std::vector<Command>& out);  // finetune
 void register_analyze_commands(std::vector<Command>& out);  // analyze
 
 // Shared option groups.

@@ -28,6 +28,7 @@ int dispatch(int argc, char** argv) {
   register_eval_commands(cmds);
   register_sweep_commands(cmds);
   register_train_commands(cmds);
+  register_finetune_commands(cmds);
   register_analyze_commands(cmds);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
       std::string(argv[1]) == "help") {
