@@ -315,28 +315,64 @@ int run_query(const po::variables_map& vm) {
 }
 
 void declare_report(po::options_description& d) {
-  d.add_options()("db", po::value<std::string>()->default_value("results.db"), "results database")
+  d.add_options()("db", po::value<std::string>()->default_value("results.db"),
+                  "results database (when not given and results.db does not exist, --analysis files alone make "
+                  "the report)")
+      ("analysis", po::value<std::vector<std::string>>()->multitoken()->composing(),
+       "`rankprune analyze --out` JSON file(s) for the rank diagnostics section (repeatable)")
       ("out", po::value<std::string>()->required(), "output HTML file (self-contained, works offline)")
       ("title", po::value<std::string>(), "page title (default: rankprune sweep: <models>)");
 }
 
 int run_report(const po::variables_map& vm) {
-  const std::string db_path = vm["db"].as<std::string>();
-  storage::Database db = open_existing(db_path);
   storage::ReportInput in;
-  in.results = db.results();
-  in.jobs = db.jobs();
+  if (vm.count("analysis"))
+    for (const auto& f : vm["analysis"].as<std::vector<std::string>>()) {
+      const std::string text = read_file(f);  // InputError naming the file when unreadable
+      try {
+        in.analyses.push_back(nlohmann::json::parse(text));
+      } catch (const nlohmann::json::parse_error& e) {
+        throw InputError(cat("--analysis: '", f, "' is not valid JSON: ", e.what()));
+      }
+      in.analysis_files.push_back(f);
+    }
+  const std::string db_path = vm["db"].as<std::string>();
+  // Without an explicit --db, a missing default database is fine when there are analyses to show.
+  const bool use_db = !(vm["db"].defaulted() && !file_exists(db_path) && !in.analyses.empty());
+  if (use_db) {
+    storage::Database db = open_existing(db_path);
+    in.results = db.results();
+    in.jobs = db.jobs();
+  }
   std::vector<std::string> models;
   for (const auto& r : in.results)
     if (std::find(models.begin(), models.end(), r.model) == models.end()) models.push_back(r.model);
-  std::string model_list;
-  for (const auto& m : models) model_list += (model_list.empty() ? "" : ", ") + m;
-  in.title = vm.count("title") ? vm["title"].as<std::string>() : "rankprune sweep: " + (model_list.empty() ? std::string("(no results yet)") : model_list);
+  std::vector<std::string> analysed;
+  for (const auto& a : in.analyses)
+    if (a.is_object() && a.contains("model") && a["model"].is_string()) {
+      const std::string m = a["model"].get<std::string>();
+      if (std::find(analysed.begin(), analysed.end(), m) == analysed.end()) analysed.push_back(m);
+    }
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
+  };
+  const std::string model_list = join(models);
+  if (vm.count("title")) in.title = vm["title"].as<std::string>();
+  else if (use_db) in.title = "rankprune sweep: " + (model_list.empty() ? std::string("(no results yet)") : model_list);
+  else in.title = "rankprune rank diagnostics: " + (analysed.empty() ? std::string("(model not recorded)") : join(analysed));
   in.generated_at = utc_now();
-  in.facts = {{"database", db_path}, {"models", model_list}, {"rankprune", RANKPRUNE_GIT_SHA}};
+  if (use_db) in.facts = {{"database", db_path}, {"models", model_list}};
+  if (!in.analysis_files.empty()) {
+    in.facts.push_back({"analysis", join(in.analysis_files)});
+    if (!use_db) in.facts.push_back({"models", join(analysed)});
+  }
+  in.facts.push_back({"rankprune", RANKPRUNE_GIT_SHA});
   const std::string out = vm["out"].as<std::string>();
-  write_file_atomic(out, storage::render_report_html(in));
-  std::cout << "wrote " << out << " (" << in.results.size() << " results, " << in.jobs.size() << " jobs)\n";
+  write_file_atomic(out, storage::render_report_html(in));  // InputError naming file and field when malformed
+  std::cout << "wrote " << out << " (" << in.results.size() << " results, " << in.jobs.size() << " jobs, "
+            << in.analyses.size() << " analyses)\n";
   return kExitOk;
 }
 
@@ -352,7 +388,7 @@ void register_sweep_commands(std::vector<Command>& out) {
                  "[--best] [--jobs]",
                  declare_query, run_query});
   out.push_back({"report", "write a self-contained HTML report (plots and tables) of a sweep database",
-                 "rankprune report --db F --out report.html", declare_report, run_report});
+                 "rankprune report --db F [--analysis F.json ...] --out report.html", declare_report, run_report});
 }
 
 }  // namespace rankprune::cli

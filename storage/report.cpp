@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "common/error.h"
@@ -95,6 +96,58 @@ void collect_y(const Pivot& p, std::vector<double>& ys) {
   }
 }
 
+// The <svg> element's opening, the white plot area and its border.
+std::string plot_open(const PlotFrame& f, const std::string& aria) {
+  return cat("<svg class=\"plot\" viewBox=\"0 0 ", kPlotWidth, " ", kPlotHeight, "\" role=\"img\" aria-label=\"",
+             html_escape(aria), "\">") +
+         "<rect x=\"" + num(f.left) + "\" y=\"" + num(f.top) + "\" width=\"" + num(f.right - f.left) +
+         "\" height=\"" + num(f.bottom - f.top) + "\" fill=\"#fff\" stroke=\"#9aa1ad\"/>";
+}
+
+// Grid lines, ticks and tick labels of both axes: y at `yt`, x at `xt` (value, label).
+std::string axes_svg(const PlotFrame& f, const std::vector<double>& yt,
+                     const std::vector<std::pair<double, std::string>>& xt) {
+  std::string s = "<g class=\"tick\">";
+  for (double v : yt) {
+    double py = to_svg(f, f.x_lo, v).second;
+    s += "<line x1=\"" + num(f.left) + "\" y1=\"" + num(py) + "\" x2=\"" + num(f.right) + "\" y2=\"" + num(py) +
+         "\" stroke=\"#eceef2\"/>";
+    s += "<line x1=\"" + num(f.left - 5) + "\" y1=\"" + num(py) + "\" x2=\"" + num(f.left) + "\" y2=\"" +
+         num(py) + "\" stroke=\"#6b7280\"/>";
+    s += "<text x=\"" + num(f.left - 8) + "\" y=\"" + num(py + 4) + "\" text-anchor=\"end\">" +
+         html_escape(tick_label(v)) + "</text>";
+  }
+  for (const auto& [v, label] : xt) {
+    double px = to_svg(f, v, f.y_lo).first;
+    s += "<line x1=\"" + num(px) + "\" y1=\"" + num(f.bottom) + "\" x2=\"" + num(px) + "\" y2=\"" +
+         num(f.bottom + 5) + "\" stroke=\"#6b7280\"/>";
+    s += "<text x=\"" + num(px) + "\" y=\"" + num(f.bottom + 18) + "\" text-anchor=\"middle\">" +
+         html_escape(label) + "</text>";
+  }
+  return s + "</g>";
+}
+
+// Axis titles; both are escaped here.
+std::string axis_titles(const PlotFrame& f, const std::string& x_title, const std::string& y_title) {
+  double ymid = (f.top + f.bottom) / 2;
+  return "<text x=\"" + num((f.left + f.right) / 2) + "\" y=\"" + num(f.bottom + 40) +
+         "\" text-anchor=\"middle\">" + html_escape(x_title) + "</text>" + "<text x=\"16\" y=\"" + num(ymid) +
+         "\" text-anchor=\"middle\" transform=\"rotate(-90 16 " + num(ymid) + ")\">" + html_escape(y_title) +
+         "</text>";
+}
+
+// One legend line: a coloured line with a marker and the (shortened, escaped) label.
+std::string legend_entry(double lx, double ly, const std::string& color, int shape, const std::string& label,
+                         const std::string& tip, double font_size = 0) {
+  std::string s = "<line x1=\"" + num(lx) + "\" y1=\"" + num(ly) + "\" x2=\"" + num(lx + 22) + "\" y2=\"" +
+                  num(ly) + "\" stroke=\"" + color + "\" stroke-width=\"2\"/>";
+  s += marker(shape, lx + 11, ly, color, tip);
+  s += "<text x=\"" + num(lx + 28) + "\" y=\"" + num(ly + 4) + "\"" +
+       (font_size > 0 ? " font-size=\"" + num(font_size) + "\"" : std::string()) + ">" +
+       html_escape(shorten(label, 20)) + "</text>";
+  return s;
+}
+
 const char* kCss = R"CSS(
 :root { --fg:#1d2330; --muted:#5b6475; --line:#d9dde5; --bg:#ffffff; --accent:#1f77b4; }
 * { box-sizing: border-box; }
@@ -133,6 +186,7 @@ table.jobs { font-size: 13px; }
 table.jobs td { white-space: nowrap; }
 table.jobs td.err { color: #a11d0d; white-space: normal; min-width: 200px; max-width: 420px; word-break: break-word; }
 .tablewrap { overflow-x: auto; }
+table.analysis { margin-top: 14px; }
 footer { margin-top: 32px; color: var(--muted); font-size: 12px; }
 @media print {
   body { padding: 0; font-size: 11px; }
@@ -360,24 +414,10 @@ PlotSvg render_plot(const Pivot& p) {
   PlotSvg out;
   PlotFrame f = plot_frame(p);
   const Cell* base = baseline_cell(p);
-  std::string s;
-  s += cat("<svg class=\"plot\" viewBox=\"0 0 ", kPlotWidth, " ", kPlotHeight, "\" role=\"img\" aria-label=\"",
-           html_escape(p.task + " " + p.metric + " vs prune ratio"), "\">");
-  s += "<rect x=\"" + num(f.left) + "\" y=\"" + num(f.top) + "\" width=\"" + num(f.right - f.left) +
-       "\" height=\"" + num(f.bottom - f.top) + "\" fill=\"#fff\" stroke=\"#9aa1ad\"/>";
+  std::string s = plot_open(f, p.task + " " + p.metric + " vs prune ratio");
 
   // y axis: grid lines, ticks, labels
   std::vector<double> yt = f.log_y ? log_ticks(f.y_lo, f.y_hi) : linear_ticks(f.y_lo, f.y_hi, 5);
-  s += "<g class=\"tick\">";
-  for (double v : yt) {
-    double py = to_svg(f, f.x_lo, v).second;
-    s += "<line x1=\"" + num(f.left) + "\" y1=\"" + num(py) + "\" x2=\"" + num(f.right) + "\" y2=\"" + num(py) +
-         "\" stroke=\"#eceef2\"/>";
-    s += "<line x1=\"" + num(f.left - 5) + "\" y1=\"" + num(py) + "\" x2=\"" + num(f.left) + "\" y2=\"" +
-         num(py) + "\" stroke=\"#6b7280\"/>";
-    s += "<text x=\"" + num(f.left - 8) + "\" y=\"" + num(py + 4) + "\" text-anchor=\"end\">" +
-         html_escape(tick_label(v)) + "</text>";
-  }
   // x axis: the evaluated ratios when few, else nice ticks
   std::vector<double> xt;
   {
@@ -392,20 +432,10 @@ PlotSvg render_plot(const Pivot& p) {
       spaced = to_svg(f, rs[i], 1).first - to_svg(f, rs[i - 1], 1).first >= 30;
     xt = spaced && rs.size() >= 2 ? rs : linear_ticks(std::max(0.0, f.x_lo), f.x_hi, 6);
   }
-  for (double v : xt) {
-    double px = to_svg(f, v, f.log_y ? f.y_lo : f.y_lo).first;
-    s += "<line x1=\"" + num(px) + "\" y1=\"" + num(f.bottom) + "\" x2=\"" + num(px) + "\" y2=\"" +
-         num(f.bottom + 5) + "\" stroke=\"#6b7280\"/>";
-    s += "<text x=\"" + num(px) + "\" y=\"" + num(f.bottom + 18) + "\" text-anchor=\"middle\">" +
-         html_escape(format_ratio(v)) + "</text>";
-  }
-  s += "</g>";
-  // axis labels
-  s += "<text x=\"" + num((f.left + f.right) / 2) + "\" y=\"" + num(f.bottom + 40) +
-       "\" text-anchor=\"middle\">prune ratio</text>";
-  double ymid = (f.top + f.bottom) / 2;
-  s += "<text x=\"16\" y=\"" + num(ymid) + "\" text-anchor=\"middle\" transform=\"rotate(-90 16 " + num(ymid) +
-       ")\">" + html_escape(p.metric) + (f.log_y ? " (log scale)" : "") + "</text>";
+  std::vector<std::pair<double, std::string>> xlabels;
+  for (double v : xt) xlabels.push_back({v, format_ratio(v)});
+  s += axes_svg(f, yt, xlabels);
+  s += axis_titles(f, "prune ratio", p.metric + (f.log_y ? " (log scale)" : ""));
 
   // baseline
   std::vector<std::pair<std::string, std::string>> legend;  // label, method ("" = baseline)
@@ -484,13 +514,11 @@ PlotSvg render_plot(const Pivot& p) {
     if (m.empty()) {
       s += "<line x1=\"" + num(lx) + "\" y1=\"" + num(ly) + "\" x2=\"" + num(lx + 22) + "\" y2=\"" + num(ly) +
            "\" stroke=\"#222\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"/>";
+      s += "<text x=\"" + num(lx + 28) + "\" y=\"" + num(ly + 4) + "\">" + html_escape(shorten(label, 20)) +
+           "</text>";
     } else {
-      std::string color = method_color(m);
-      s += "<line x1=\"" + num(lx) + "\" y1=\"" + num(ly) + "\" x2=\"" + num(lx + 22) + "\" y2=\"" + num(ly) +
-           "\" stroke=\"" + color + "\" stroke-width=\"2\"/>";
-      s += marker(method_shape(m), lx + 11, ly, color, m);
+      s += legend_entry(lx, ly, method_color(m), method_shape(m), label, m);
     }
-    s += "<text x=\"" + num(lx + 28) + "\" y=\"" + num(ly + 4) + "\">" + html_escape(shorten(label, 20)) + "</text>";
     ly += 20;
   }
   if (any_bars)
@@ -501,7 +529,308 @@ PlotSvg render_plot(const Pivot& p) {
   return out;
 }
 
+// ------------------------------------------------------------------ rank diagnostics (analyze JSON)
+
+namespace {
+
+[[noreturn]] void bad_field(const std::string& source, const std::string& path, const std::string& what) {
+  throw InputError(cat(source, ": field '", path, "' ", what));
+}
+
+std::string type_name(const nlohmann::json& v) { return v.type_name(); }
+
+// A present field must be a number (or null: a non-finite value as written by nlohmann).
+std::optional<double> opt_number(const nlohmann::json& obj, const char* key, const std::string& source,
+                                 const std::string& path, std::map<std::string, int>* missing) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) {
+    if (missing) ++(*missing)[key];
+    return std::nullopt;
+  }
+  if (!it->is_number()) bad_field(source, path + key, "must be a number, got " + type_name(*it));
+  double v = it->get<double>();
+  if (!std::isfinite(v)) {
+    if (missing) ++(*missing)[key];
+    return std::nullopt;
+  }
+  return v;
+}
+
+std::optional<std::int64_t> opt_integer(const nlohmann::json& obj, const char* key, const std::string& source,
+                                        const std::string& path) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number_integer()) bad_field(source, path + key, "must be an integer, got " + type_name(*it));
+  return it->get<std::int64_t>();
+}
+
+std::optional<std::string> opt_string(const nlohmann::json& obj, const char* key, const std::string& source) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return std::nullopt;
+  if (!it->is_string()) bad_field(source, key, "must be a string, got " + type_name(*it));
+  return it->get<std::string>();
+}
+
+// A number array; null entries read as NaN when allow_null.
+std::optional<std::vector<double>> opt_series(const nlohmann::json& obj, const char* key, const std::string& source,
+                                              const std::string& path, bool allow_null) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return std::nullopt;
+  if (!it->is_array()) bad_field(source, path + key, "must be an array of numbers, got " + type_name(*it));
+  std::vector<double> out;
+  out.reserve(it->size());
+  for (std::size_t i = 0; i < it->size(); ++i) {
+    const auto& e = (*it)[i];
+    if (e.is_null() && allow_null) out.push_back(std::numeric_limits<double>::quiet_NaN());
+    else if (e.is_number()) out.push_back(e.get<double>());
+    else bad_field(source, cat(path, key, "[", i, "]"), "must be a number, got " + type_name(e));
+  }
+  return out;
+}
+
+std::string fixed3(const std::optional<double>& v) {
+  if (!v) return "-";
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.3f", *v);
+  return buf;
+}
+
+std::string head_label(const AnalysisHead& h) {
+  if (h.key_head && *h.key_head != h.head) return cat("head ", h.head, " (key head ", *h.key_head, ")");
+  return cat("head ", h.head);
+}
+
+std::string analysis_meta(const Analysis& a) {
+  std::vector<std::string> parts;
+  auto n = [](double v) { return tick_label(v); };
+  if (a.seq_len) parts.push_back("state tracked over one " + n(*a.seq_len) + "-token sequence");
+  if (a.every) parts.push_back("sampled every " + n(*a.every) + " tokens");
+  if (a.head_k_dim && a.head_v_dim) parts.push_back("d_k = " + n(*a.head_k_dim) + ", d_v = " + n(*a.head_v_dim));
+  if (a.rank_cap) parts.push_back("rank cap min(d_k, d_v) = " + n(*a.rank_cap));
+  if (a.gram_tokens) parts.push_back("Gram spectra over " + n(*a.gram_tokens) + " tokens");
+  if (a.data_sha) parts.push_back("data " + shorten(*a.data_sha, 13));
+  std::string s;
+  for (const auto& p : parts) s += (s.empty() ? "" : "; ") + p;
+  return s;
+}
+
+std::string analysis_table_html(const Analysis& a) {
+  bool key_col = false;
+  for (const auto& l : a.layers)
+    for (const auto& h : l.heads) key_col = key_col || (h.key_head && *h.key_head != h.head);
+  std::string h = "<div class=\"tablewrap\"><table class=\"analysis\"><thead><tr>"
+                  "<th class=\"num\">layer</th><th class=\"num\">head</th>";
+  if (key_col) h += "<th class=\"num\">key head</th>";
+  h += "<th class=\"num\">final stable rank</th><th class=\"num\">final utilisation</th>"
+       "<th class=\"num\">entropy rank G</th><th class=\"num\">entropy rank K</th>"
+       "<th class=\"num\">entropy rank Q</th><th class=\"num\">top-half mass G</th></tr></thead><tbody>";
+  for (const auto& l : a.layers)
+    for (const auto& hd : l.heads) {
+      h += cat("<tr><td class=\"num\">", l.layer, "</td><td class=\"num\">", hd.head, "</td>");
+      if (key_col) h += "<td class=\"num\">" + (hd.key_head ? cat(*hd.key_head) : std::string("-")) + "</td>";
+      for (const auto* v : {&hd.stable_rank_final, &hd.utilisation_final, &hd.gram_entropy_rank,
+                            &hd.key_gram_entropy_rank, &hd.query_gram_entropy_rank, &hd.gram_top_half_mass})
+        h += "<td class=\"num\">" + fixed3(*v) + "</td>";
+      h += "</tr>";
+    }
+  return h + "</tbody></table></div>\n";
+}
+
+}  // namespace
+
+std::string head_color(std::size_t i) {
+  static const char* const palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                        "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+  return palette[i % 10];
+}
+
+Analysis parse_analysis(const nlohmann::json& j, const std::string& source) {
+  Analysis a;
+  a.source = source;
+  if (!j.is_object()) throw InputError(cat(source, ": an analyze JSON must be an object, got ", j.type_name()));
+  a.model = opt_string(j, "model", source);
+  if (!a.model) a.notes.push_back("field 'model' missing: the model path is not known");
+  a.seq_len = opt_number(j, "seq_len", source, "", nullptr);
+  a.every = opt_number(j, "every", source, "", nullptr);
+  a.head_k_dim = opt_number(j, "head_k_dim", source, "", nullptr);
+  a.head_v_dim = opt_number(j, "head_v_dim", source, "", nullptr);
+  a.rank_cap = opt_number(j, "rank_cap", source, "", nullptr);
+  a.gram_tokens = opt_number(j, "gram_tokens", source, "", nullptr);
+  a.data_sha = opt_string(j, "data_sha", source);
+
+  auto lit = j.find("layers");
+  if (lit == j.end()) bad_field(source, "layers", "is missing (not a `rankprune analyze` JSON?)");
+  if (!lit->is_array()) bad_field(source, "layers", "must be an array, got " + type_name(*lit));
+  std::map<std::string, int> missing;  // field -> heads without it
+  std::size_t n_heads = 0;
+  for (std::size_t li = 0; li < lit->size(); ++li) {
+    const auto& lj = (*lit)[li];
+    const std::string lpath = cat("layers[", li, "]");
+    if (!lj.is_object()) bad_field(source, lpath, "must be an object, got " + type_name(lj));
+    AnalysisLayer layer;
+    auto lnum = opt_integer(lj, "layer", source, lpath + ".");
+    if (!lnum) a.notes.push_back(cat("field '", lpath, ".layer' missing: numbered ", li, " by position"));
+    layer.layer = lnum.value_or(static_cast<std::int64_t>(li));
+    auto hit = lj.find("heads");
+    if (hit == lj.end()) bad_field(source, lpath + ".heads", "is missing");
+    if (!hit->is_array()) bad_field(source, lpath + ".heads", "must be an array, got " + type_name(*hit));
+    if (hit->empty()) a.notes.push_back(cat("layer ", layer.layer, " has no heads"));
+    for (std::size_t hi = 0; hi < hit->size(); ++hi) {
+      const auto& hj = (*hit)[hi];
+      const std::string hpath = cat(lpath, ".heads[", hi, "]");
+      if (!hj.is_object()) bad_field(source, hpath, "must be an object, got " + type_name(hj));
+      const std::string p = hpath + ".";
+      AnalysisHead h;
+      auto hnum = opt_integer(hj, "head", source, p);
+      if (!hnum) a.notes.push_back(cat("field '", hpath, ".head' missing: numbered ", hi, " by position"));
+      h.head = hnum.value_or(static_cast<std::int64_t>(hi));
+      h.key_head = opt_integer(hj, "key_head", source, p);
+      auto tokens = opt_series(hj, "tokens", source, p, false);
+      auto util = opt_series(hj, "utilisation", source, p, true);
+      if (tokens && util) {
+        if (tokens->size() != util->size())
+          bad_field(source, p + "utilisation",
+                    cat("has ", util->size(), " entries but '", p, "tokens' has ", tokens->size()));
+        h.has_series = true;
+        h.tokens = std::move(*tokens);
+        h.utilisation = std::move(*util);
+      } else {
+        if (!tokens) ++missing["tokens"];
+        if (!util) ++missing["utilisation"];
+      }
+      h.stable_rank_final = opt_number(hj, "stable_rank_final", source, p, &missing);
+      h.utilisation_final = opt_number(hj, "utilisation_final", source, p, &missing);
+      h.gram_entropy_rank = opt_number(hj, "gram_entropy_rank", source, p, &missing);
+      h.key_gram_entropy_rank = opt_number(hj, "key_gram_entropy_rank", source, p, &missing);
+      h.query_gram_entropy_rank = opt_number(hj, "query_gram_entropy_rank", source, p, &missing);
+      h.gram_top_half_mass = opt_number(hj, "gram_top_half_mass", source, p, &missing);
+      layer.heads.push_back(std::move(h));
+      ++n_heads;
+    }
+    a.layers.push_back(std::move(layer));
+  }
+  if (a.layers.empty()) a.notes.push_back("field 'layers' is empty: nothing to show");
+  for (const auto& [field, n] : missing)
+    a.notes.push_back(cat("field '", field, "' missing or null in ", n, " of ", n_heads, " head(s)",
+                          field == "tokens" || field == "utilisation" ? ": no utilisation line for them"
+                                                                      : ": shown as -"));
+  return a;
+}
+
+PlotSvg render_rank_plot(const Analysis& a, const AnalysisLayer& layer) {
+  PlotSvg out;
+  PlotFrame f;
+  double tmax = 0, umax = 1;
+  for (const auto& h : layer.heads)
+    for (std::size_t i = 0; i < h.tokens.size(); ++i)
+      if (std::isfinite(h.tokens[i]) && std::isfinite(h.utilisation[i])) {
+        tmax = std::max(tmax, h.tokens[i]);
+        umax = std::max(umax, h.utilisation[i]);
+      }
+  if (tmax <= 0) tmax = 1;
+  f.x_lo = -0.05 * tmax;  // as the ratio axis: 5% of the span each side
+  f.x_hi = 1.05 * tmax;
+  f.y_lo = -0.05 * umax;  // utilisation lies in [0, 1]
+  f.y_hi = 1.05 * umax;
+  std::string s = plot_open(f, cat("layer ", layer.layer, " rank utilisation vs tokens") +
+                                  (a.model ? " (" + *a.model + ")" : std::string()));
+  std::vector<std::pair<double, std::string>> xt;
+  for (double v : linear_ticks(0, tmax, 6)) xt.push_back({v, tick_label(v)});
+  s += axes_svg(f, linear_ticks(0, umax, 5), xt);
+  s += axis_titles(f, "tokens read", "rank utilisation (stable rank / rank cap)");
+
+  std::string legend;
+  const std::size_t n = layer.heads.size();
+  const double step = n > 0 ? std::min(20.0, (f.bottom - f.top - 10) / static_cast<double>(n)) : 20.0;
+  const double font = step < 14 ? std::max(7.0, step - 1) : 0;
+  double lx = f.right + 14, ly = f.top + 10;
+  for (std::size_t k = 0; k < n; ++k) {
+    const AnalysisHead& h = layer.heads[k];
+    const std::string color = head_color(k), label = head_label(h);
+    const int shape = static_cast<int>(k % 5);
+    if (!h.has_series) {
+      out.notes.push_back(label + ": no utilisation series");
+    } else {
+      std::vector<std::vector<std::pair<double, double>>> segs(1);
+      std::string marks;
+      std::size_t skipped = 0;
+      const bool with_marks = h.tokens.size() <= 40;
+      for (std::size_t i = 0; i < h.tokens.size(); ++i) {
+        double t = h.tokens[i], u = h.utilisation[i];
+        if (!std::isfinite(t) || !std::isfinite(u)) {
+          ++skipped;
+          if (!segs.back().empty()) segs.emplace_back();
+          continue;
+        }
+        auto pt = to_svg(f, t, u);
+        segs.back().push_back(pt);
+        char tip[160];
+        std::snprintf(tip, sizeof tip, ", %s tokens: utilisation %.3f", tick_label(t).c_str(), u);
+        if (with_marks) marks += marker(shape, pt.first, pt.second, color, label + tip);
+      }
+      if (skipped) out.notes.push_back(cat(label, ": ", skipped, " of ", h.tokens.size(), " samples not plotted (null or non-finite)"));
+      if (h.tokens.empty()) out.notes.push_back(label + ": empty utilisation series");
+      s += "<g class=\"series\" data-head=\"" + cat(h.head) + "\">";
+      for (const auto& seg : segs) {
+        if (seg.size() < 2) continue;
+        s += "<polyline fill=\"none\" stroke=\"" + color +
+             "\" stroke-width=\"2\" stroke-linejoin=\"round\" points=\"";
+        for (std::size_t i = 0; i < seg.size(); ++i)
+          s += (i ? " " : "") + num(seg[i].first) + "," + num(seg[i].second);
+        s += "\"/>";
+      }
+      s += marks + "</g>";
+    }
+    legend += legend_entry(lx, ly, color, shape, label, label, font);
+    ly += step;
+  }
+  if (n == 0) out.notes.push_back(cat("layer ", layer.layer, " has no heads"));
+  s += "<g class=\"legend\">" + legend + "</g></svg>";
+  out.svg = std::move(s);
+  return out;
+}
+
+namespace {
+
+std::string analyses_html(const std::vector<Analysis>& as) {
+  std::string h = "<section>\n<h2>Rank diagnostics</h2>\n";
+  h += "<p class=\"footnote\">From <code>rankprune analyze</code> (docs/analyze.md). Plots: rank utilisation "
+       "(stable rank of the delta-rule state over min(d<sub>k</sub>, d<sub>v</sub>)) as one sequence is read, one "
+       "line per value head. Table: the final state's stable rank and utilisation; the entropy effective rank of "
+       "the pruning Gram G (q and k before the L2 norm), the normalised-key Gram K and the normalised-query Gram "
+       "Q; the share of G's spectrum held by its top half of eigenvalues. Low utilisation, low entropy rank and "
+       "top-half mass near 1 mark heads that pruning should hurt little.</p>\n";
+  for (const auto& a : as) {
+    h += "<h3>" + (a.model ? html_escape(*a.model) : std::string("(model not recorded)")) +
+         " <span class=\"footnote\">" + html_escape(a.source) + "</span></h3>\n";
+    std::string meta = analysis_meta(a);
+    if (!meta.empty()) h += "<p class=\"meta\">" + html_escape(meta) + "</p>\n";
+    h += "<div class=\"plots\">\n";
+    for (const auto& l : a.layers) {
+      PlotSvg plot = render_rank_plot(a, l);
+      h += cat("<figure>\n<figcaption>layer ", l.layer,
+               " <span class=\"dir\">(rank utilisation vs tokens)</span></figcaption>\n") +
+           plot.svg + "\n";
+      for (const auto& n : plot.notes) h += "<p class=\"note\">" + html_escape(n) + "</p>\n";
+      h += "</figure>\n";
+    }
+    h += "</div>\n";
+    h += analysis_table_html(a);
+    for (const auto& n : a.notes) h += "<p class=\"note\">" + html_escape(n) + "</p>\n";
+  }
+  return h + "</section>\n";
+}
+
+}  // namespace
+
 std::string render_report_html(const ReportInput& in) {
+  std::vector<Analysis> analyses;  // validated first: a malformed file fails before anything is built
+  for (std::size_t i = 0; i < in.analyses.size(); ++i)
+    analyses.push_back(parse_analysis(in.analyses[i], i < in.analysis_files.size() && !in.analysis_files[i].empty()
+                                                          ? in.analysis_files[i]
+                                                          : cat("analysis #", i + 1)));
+  // A report of analyses alone (no database) leaves out the empty sweep sections.
+  const bool sweep = !(in.results.empty() && in.jobs.empty() && !analyses.empty());
   std::vector<Pivot> pivots = build_pivots(in.results);
   std::set<std::string> models, tasks, methods;
   std::set<long long> ratio_keys;
@@ -524,10 +853,20 @@ std::string render_report_html(const ReportInput& in) {
     for (const auto& [k, v] : in.facts) h += "<tr><th>" + html_escape(k) + "</th><td>" + html_escape(v) + "</td></tr>";
     h += "</table>\n";
   }
-  h += cat("<p class=\"summary\">", in.results.size(), " results; ", models.size(), " model(s), ", tasks.size(),
-           " task(s), ", methods.size(), " method(s), ", ratio_keys.size(), " ratio(s)");
-  if (!in.jobs.empty()) h += "; " + html_escape(job_summary(in.jobs));
+  h += "<p class=\"summary\">";
+  if (sweep) {
+    h += cat(in.results.size(), " results; ", models.size(), " model(s), ", tasks.size(), " task(s), ",
+             methods.size(), " method(s), ", ratio_keys.size(), " ratio(s)");
+    if (!in.jobs.empty()) h += "; " + html_escape(job_summary(in.jobs));
+    if (!analyses.empty()) h += "; ";
+  }
+  if (!analyses.empty()) h += cat(analyses.size(), " rank analys", analyses.size() == 1 ? "is" : "es");
   h += "</p>\n</header>\n";
+  if (!sweep) {
+    h += analyses_html(analyses);
+    h += "<footer>rankprune report &middot; generated " + html_escape(in.generated_at) + "</footer>\n";
+    return h + "</body>\n</html>\n";
+  }
 
   h += "<section>\n<h2>Plots</h2>\n";
   if (pivots.empty()) h += "<p class=\"meta\">No results recorded yet.</p>\n";
@@ -557,6 +896,7 @@ std::string render_report_html(const ReportInput& in) {
   }
   h += "</section>\n";
 
+  if (!analyses.empty()) h += analyses_html(analyses);
   h += "<section>\n<h2>Jobs</h2>\n" + jobs_html(in.jobs) + "</section>\n";
   h += "<footer>rankprune report &middot; generated " + html_escape(in.generated_at) + "</footer>\n";
   h += "</body>\n</html>\n";

@@ -1,8 +1,12 @@
 // The self-contained HTML report of `rankprune report`: one offline HTML file (inline CSS and SVG,
 // no scripts, fonts, images or links to anything outside) with one plot per (model, task, metric),
-// the method x ratio tables of storage/format.h and the job table. Torch-free, SQL-free.
+// the method x ratio tables of storage/format.h, the job table and, fed by `rankprune analyze`
+// JSON files (docs/analyze.md), a rank diagnostics section. Torch-free, SQL-free.
 #pragma once
 
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,6 +22,12 @@ struct ReportInput {
   std::vector<std::pair<std::string, std::string>> facts;  // key/value lines (db path, models, git sha, runs)
   std::vector<ResultRow> results;
   std::vector<JobRow> jobs;
+  // `rankprune analyze --out` JSON documents, one "Rank diagnostics" block each. Validated when
+  // rendered: a malformed one throws InputError naming its source and the field.
+  std::vector<nlohmann::json> analyses;
+  // Optional, parallel to `analyses`: where each came from (the file name), used in error messages
+  // and captions. Missing entries read "analysis #i".
+  std::vector<std::string> analysis_files;
 };
 
 std::string render_report_html(const ReportInput& in);
@@ -68,5 +78,44 @@ struct PlotSvg {
   std::vector<std::string> notes;
 };
 PlotSvg render_plot(const Pivot& p);
+
+// ---- rank diagnostics (`rankprune analyze` JSON) ----
+
+// One value head of an analysis. Optional fields are absent from the JSON (or null there: the
+// analyze command writes non-finite values as null, read back as NaN for series and nullopt here).
+struct AnalysisHead {
+  std::int64_t head = 0;
+  std::optional<std::int64_t> key_head;
+  bool has_series = false;          // both "tokens" and "utilisation" present
+  std::vector<double> tokens;       // x of the utilisation plot
+  std::vector<double> utilisation;  // NaN for null entries
+  std::optional<double> stable_rank_final, utilisation_final;
+  std::optional<double> gram_entropy_rank, key_gram_entropy_rank, query_gram_entropy_rank;
+  std::optional<double> gram_top_half_mass;
+};
+struct AnalysisLayer {
+  std::int64_t layer = 0;
+  std::vector<AnalysisHead> heads;
+};
+struct Analysis {
+  std::string source;                 // file name (or "analysis #i")
+  std::optional<std::string> model;   // "model"
+  std::optional<double> seq_len, every, rank_cap, head_k_dim, head_v_dim, gram_tokens;
+  std::optional<std::string> data_sha;
+  std::vector<AnalysisLayer> layers;
+  std::vector<std::string> notes;     // missing fields, shown under the table
+};
+
+// Validates and reads one analyze JSON. Required: an object with a "layers" array of objects,
+// each with a "heads" array of objects. Everything else may be missing (noted), but a present
+// field of the wrong type, a series with non-numeric entries, or "tokens" and "utilisation" of
+// different lengths throw InputError("<source>: field '<path>' ...").
+Analysis parse_analysis(const nlohmann::json& j, const std::string& source);
+
+// Rank utilisation (y, linear [0, 1]) against tokens (x) for one layer, one line per head.
+PlotSvg render_rank_plot(const Analysis& a, const AnalysisLayer& layer);
+
+// Colour (#rrggbb) of the i-th head's line (a 10-colour cycle).
+std::string head_color(std::size_t i);
 
 }  // namespace rankprune::storage

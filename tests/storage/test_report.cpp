@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "storage/report.h"
 
 namespace rankprune::storage {
@@ -189,7 +190,11 @@ TEST(ReportPlot, NonFiniteValuesAreSkippedAndNoted) {
   ASSERT_NE(pts, std::string::npos);
   std::string list = p.svg.substr(pts + 8, p.svg.find('"', pts + 8) - pts - 8);
   EXPECT_EQ(count(list, ","), 2u) << list;
-  std::string h = render_report_html(ReportInput{"t", "now", {}, rows, {}});
+  ReportInput in;
+  in.title = "t";
+  in.generated_at = "now";
+  in.results = rows;
+  std::string h = render_report_html(in);
   EXPECT_NE(h.find("drrqr at ratio 0.75 not plotted (value is nan)"), std::string::npos);
 }
 
@@ -234,6 +239,194 @@ TEST(ReportPlot, Ticks) {
   EXPECT_EQ(log_ticks(20, 20000), (std::vector<double>{100, 1000, 10000}));
   EXPECT_EQ(log_ticks(20, 60), (std::vector<double>{20, 30, 40, 50, 60}));
   EXPECT_EQ(log_ticks(15, 600), (std::vector<double>{20, 50, 100, 200, 500}));
+}
+
+
+// ---- rank diagnostics ----
+
+// Two layers x two heads, samples at t = 50 and 100. Layer 1 head 1 lacks query_gram_entropy_rank.
+nlohmann::json small_analysis(const std::string& model = "runs/<m&1>\"x\"") {
+  auto head = [](int h, std::vector<double> util, double sr, double uf, double g, double m, double k, double q) {
+    return nlohmann::json{{"head", h},
+                          {"key_head", h},
+                          {"tokens", {50, 100}},
+                          {"utilisation", util},
+                          {"stable_rank", {1.0, 2.0}},
+                          {"stable_rank_final", sr},
+                          {"utilisation_final", uf},
+                          {"gram_entropy_rank", g},
+                          {"gram_top_half_mass", m},
+                          {"key_gram_entropy_rank", k},
+                          {"query_gram_entropy_rank", q}};
+  };
+  nlohmann::json j = {{"model", model},     {"seq_len", 100},   {"every", 50},
+                      {"head_k_dim", 8},    {"head_v_dim", 8},  {"rank_cap", 8},
+                      {"gram_tokens", 400}, {"data_sha", "abc"}};
+  nlohmann::json l1h1 = head(1, {0.375, 0.75}, 6.0, 0.75, 3.0, 0.9, 2.0, 0.0);
+  l1h1.erase("query_gram_entropy_rank");
+  j["layers"] = {{{"layer", 0},
+                  {"heads",
+                   {head(0, {0.25, 0.5}, 2.2554, 0.28193, 5.2016, 0.80349, 6.0333, 12.5),
+                    head(1, {0.125, 1.0}, 8.0, 1.0, 7.99951, 0.5, 7.0, 7.25)}}},
+                 {{"layer", 1}, {"heads", {head(0, {0.5, 0.5}, 4.0, 0.5, 4.0, 0.6, 4.0, 4.0), l1h1}}}};
+  return j;
+}
+
+std::string error_of(const nlohmann::json& j) {
+  ReportInput in;
+  in.analyses = {j};
+  in.analysis_files = {"an.json"};
+  try {
+    render_report_html(in);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "(no InputError)";
+}
+
+// The svg elements of the rank diagnostics section, in order.
+std::vector<std::string> section_svgs(const std::string& h) {
+  std::vector<std::string> out;
+  std::size_t sec = h.find("<h2>Rank diagnostics</h2>");
+  if (sec == std::string::npos) return out;
+  for (std::size_t p = h.find("<svg", sec); p != std::string::npos; p = h.find("<svg", p + 1))
+    out.push_back(h.substr(p, h.find("</svg>", p) + 6 - p));
+  return out;
+}
+
+TEST(ReportAnalysis, OnePlotPerLayerOneLinePerHead) {
+  ReportInput in;
+  in.title = "t";
+  in.analyses = {small_analysis()};
+  in.analysis_files = {"/tmp/an.json"};
+  std::string h = render_report_html(in);
+  // analyses alone: no sweep sections
+  EXPECT_EQ(h.find("<h2>Plots</h2>"), std::string::npos);
+  EXPECT_EQ(h.find("<h2>Jobs</h2>"), std::string::npos);
+  EXPECT_NE(h.find("1 rank analysis"), std::string::npos);
+  auto svgs = section_svgs(h);
+  ASSERT_EQ(svgs.size(), 2u);  // one per layer
+  EXPECT_EQ(count(h, "<svg"), 2u);
+  EXPECT_EQ(count(h, "<table"), count(h, "</table>"));
+  EXPECT_EQ(count(h, "<figure>"), count(h, "</figure>"));
+  for (const auto& svg : svgs) {
+    EXPECT_EQ(count(svg, "<polyline"), 2u) << svg;  // one per head
+    EXPECT_NE(svg.find(">head 0</text>"), std::string::npos);
+    EXPECT_NE(svg.find(">head 1</text>"), std::string::npos);
+    EXPECT_NE(svg.find(">tokens read</text>"), std::string::npos);
+    EXPECT_NE(svg.find("stroke=\"" + head_color(0) + "\""), std::string::npos);
+    EXPECT_NE(svg.find("stroke=\"" + head_color(1) + "\""), std::string::npos);
+  }
+  EXPECT_NE(head_color(0), head_color(1));
+  // x: [0, 100] padded by 5 -> [-5, 105]; y: [0, 1] padded by 0.05 -> [-0.05, 1.05]
+  // x(50) = 70 + 55 / 110 * 410 = 275;  x(100) = 70 + 105 / 110 * 410 = 461.3636
+  // y(0.25) = 330 - 0.30 / 1.1 * 310 = 245.4545;  y(0.5) = 330 - 0.55 / 1.1 * 310 = 175
+  // y(0.125) = 330 - 0.175 / 1.1 * 310 = 280.6818; y(1) = 330 - 1.05 / 1.1 * 310 = 34.0909
+  EXPECT_NE(svgs[0].find("points=\"275.00,245.45 461.36,175.00\""), std::string::npos) << svgs[0];
+  EXPECT_NE(svgs[0].find("points=\"275.00,280.68 461.36,34.09\""), std::string::npos) << svgs[0];
+  // y ticks 0, 0.2, ..., 1 and x ticks 0, 20, ..., 100
+  EXPECT_NE(svgs[0].find(">0.2</text>"), std::string::npos);
+  EXPECT_NE(svgs[0].find(">100</text>"), std::string::npos);
+  EXPECT_NE(svgs[0].find("<title>head 1, 100 tokens: utilisation 1.000</title>"), std::string::npos);
+  // the table, one row per (layer, head), 3 decimals
+  EXPECT_NE(h.find("<tr><td class=\"num\">0</td><td class=\"num\">0</td><td class=\"num\">2.255</td>"
+                   "<td class=\"num\">0.282</td><td class=\"num\">5.202</td><td class=\"num\">6.033</td>"
+                   "<td class=\"num\">12.500</td><td class=\"num\">0.803</td></tr>"),
+            std::string::npos)
+      << h;
+  EXPECT_NE(h.find("<tr><td class=\"num\">0</td><td class=\"num\">1</td><td class=\"num\">8.000</td>"
+                   "<td class=\"num\">1.000</td><td class=\"num\">8.000</td><td class=\"num\">7.000</td>"
+                   "<td class=\"num\">7.250</td><td class=\"num\">0.500</td></tr>"),
+            std::string::npos);
+  // missing field: "-" in the table and a visible note
+  EXPECT_NE(h.find("<tr><td class=\"num\">1</td><td class=\"num\">1</td><td class=\"num\">6.000</td>"
+                   "<td class=\"num\">0.750</td><td class=\"num\">3.000</td><td class=\"num\">2.000</td>"
+                   "<td class=\"num\">-</td><td class=\"num\">0.900</td></tr>"),
+            std::string::npos);
+  EXPECT_NE(h.find("<p class=\"note\">field &#39;query_gram_entropy_rank&#39; missing or null in 1 of 4 head(s): "
+                   "shown as -</p>"),
+            std::string::npos)
+      << h;
+  EXPECT_NE(h.find("rank cap min(d_k, d_v) = 8"), std::string::npos);
+  EXPECT_EQ(count(h, "<tr><td class=\"num\">"), 4u);
+}
+
+TEST(ReportAnalysis, EscapesModelPath) {
+  ReportInput in;
+  in.analyses = {small_analysis()};
+  in.analysis_files = {"dir/<f>.json"};
+  std::string h = render_report_html(in);
+  EXPECT_EQ(h.find("<m&1>"), std::string::npos);
+  EXPECT_EQ(h.find("<f>"), std::string::npos);
+  EXPECT_NE(h.find("<h3>runs/&lt;m&amp;1&gt;&quot;x&quot; <span class=\"footnote\">dir/&lt;f&gt;.json</span></h3>"),
+            std::string::npos)
+      << h;
+  EXPECT_NE(h.find("aria-label=\"layer 0 rank utilisation vs tokens (runs/&lt;m&amp;1&gt;&quot;x&quot;)\""),
+            std::string::npos);
+}
+
+TEST(ReportAnalysis, MissingFieldsAreNotedNotFatal) {
+  nlohmann::json j = small_analysis("m");
+  j.erase("model");
+  j["layers"][0]["heads"][1].erase("utilisation");
+  j["layers"][1]["heads"][0]["utilisation"][1] = nullptr;  // non-finite, as nlohmann writes NaN
+  ReportInput in;
+  in.analyses = {j};
+  std::string h = render_report_html(in);
+  auto svgs = section_svgs(h);
+  ASSERT_EQ(svgs.size(), 2u);
+  EXPECT_EQ(count(svgs[0], "<polyline"), 1u);   // head 1 has no series
+  EXPECT_NE(svgs[0].find(">head 1</text>"), std::string::npos);  // still in the legend
+  EXPECT_EQ(count(svgs[1], "<polyline"), 1u);   // head 0 has one point left: no line
+  EXPECT_NE(h.find("head 1: no utilisation series"), std::string::npos);
+  EXPECT_NE(h.find("head 0: 1 of 2 samples not plotted (null or non-finite)"), std::string::npos);
+  EXPECT_NE(h.find("(model not recorded)"), std::string::npos);
+  EXPECT_NE(h.find("analysis #1"), std::string::npos);
+  EXPECT_NE(h.find("field &#39;utilisation&#39; missing or null in 1 of 4 head(s)"), std::string::npos);
+  EXPECT_EQ(h.find("nan"), std::string::npos);
+}
+
+TEST(ReportAnalysis, MalformedJsonNamesFileAndField) {
+  nlohmann::json j = small_analysis();
+  j["layers"][0]["heads"][1]["utilisation"][1] = "x";
+  EXPECT_EQ(error_of(j), "an.json: field 'layers[0].heads[1].utilisation[1]' must be a number, got string");
+
+  j = small_analysis();
+  j["layers"][1]["heads"][0]["gram_entropy_rank"] = "5";
+  EXPECT_EQ(error_of(j), "an.json: field 'layers[1].heads[0].gram_entropy_rank' must be a number, got string");
+
+  j = small_analysis();
+  j["layers"][0]["heads"][0]["tokens"] = {50, 100, 150};
+  EXPECT_EQ(error_of(j),
+            "an.json: field 'layers[0].heads[0].utilisation' has 2 entries but 'layers[0].heads[0].tokens' has 3");
+
+  j = small_analysis();
+  j.erase("layers");
+  EXPECT_EQ(error_of(j), "an.json: field 'layers' is missing (not a `rankprune analyze` JSON?)");
+
+  j = small_analysis();
+  j["layers"][1]["heads"] = 3;
+  EXPECT_EQ(error_of(j), "an.json: field 'layers[1].heads' must be an array, got number");
+
+  j = small_analysis();
+  j["model"] = 7;
+  EXPECT_EQ(error_of(j), "an.json: field 'model' must be a string, got number");
+
+  EXPECT_EQ(error_of(nlohmann::json::array()), "an.json: an analyze JSON must be an object, got array");
+}
+
+TEST(ReportAnalysis, SectionSitsBetweenTablesAndJobs) {
+  ReportInput in = small_input();
+  in.analyses = {small_analysis(), small_analysis("other")};
+  std::string h = render_report_html(in);
+  std::size_t tables = h.find("<h2>Tables</h2>"), rank = h.find("<h2>Rank diagnostics</h2>"),
+              jobs = h.find("<h2>Jobs</h2>");
+  ASSERT_NE(rank, std::string::npos);
+  EXPECT_LT(tables, rank);
+  EXPECT_LT(rank, jobs);
+  EXPECT_EQ(count(h, "<svg"), 2u + 4u);  // 2 sweep plots + 2 analyses x 2 layers
+  EXPECT_NE(h.find("2 rank analyses"), std::string::npos);
+  EXPECT_NE(h.find("<h3>other <span class=\"footnote\">analysis #2</span></h3>"), std::string::npos);
 }
 
 }  // namespace
