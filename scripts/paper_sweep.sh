@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The paper's comparison at fixture scale (issue 6, docs/results.md): every selection method at
 # ratios 0.25 / 0.5 / 0.75 (three seeds for random) on a trained fixture, calibrated on WikiText-2
-# validation text, evaluated on WikiText-2 test (word and token perplexity; the first 20 documents)
-# and LAMBADA (first 1000 items), into one SQLite database; then the tables and the HTML report.
+# validation text, evaluated on WikiText-2 test (word and token perplexity; the first 4 documents)
+# and LAMBADA (first 200 items), into one SQLite database; then the tables and the HTML report.
 #
 #   bash scripts/paper_sweep.sh [fixtures/delta_net fixtures/gated_deltanet]
 #
@@ -22,8 +22,8 @@ for m in "${MODELS[@]}"; do
           --batch-size 4 --seed 0 --methods drrqr,qrcp,l1,wanda,random,pca --ratios 0.25,0.5,0.75
           --random-seeds 0,1,2 --data-dir "$DATA" --db "$DB" --stats-cache build/stats_cache
           --eval-seq-len 512 --threads "$THREADS")
-  "$RP" sweep "${common[@]}" --tasks wikitext --limit 20
-  "$RP" sweep "${common[@]}" --tasks lambada_openai --limit 1000
+  "$RP" sweep "${common[@]}" --tasks wikitext --limit 4
+  "$RP" sweep "${common[@]}" --tasks lambada_openai --limit 200
 done
 "$RP" query --db "$DB" --task wikitext --metric token_perplexity --format markdown
 "$RP" query --db "$DB" --task wikitext --metric word_perplexity --format markdown
