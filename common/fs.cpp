@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -51,6 +52,12 @@ std::string path_join(const std::string& a, const std::string& b) {
 std::string parent_dir(const std::string& path) {
   auto p = fs::path(path).parent_path();
   return p.empty() ? std::string(".") : p.string();
+}
+
+std::string lower_extension(const std::string& path) {
+  std::string e = fs::path(path).extension().string();
+  for (auto& c : e) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return e;
 }
 
 void write_file_atomic(const std::string& path, const std::string& data) {

@@ -15,6 +15,8 @@ bool file_exists(const std::string& path);
 bool is_directory(const std::string& path);
 std::string path_join(const std::string& a, const std::string& b);
 std::string parent_dir(const std::string& path);
+// The extension with its dot, lower-cased ("a/B.NPY" -> ".npy"; "" when there is none).
+std::string lower_extension(const std::string& path);
 
 // Writes `data` to `path` atomically (temp file + fsync + rename).
 void write_file_atomic(const std::string& path, const std::string& data);

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <ctime>
 #include <thread>
 
 #include "common/error.h"
@@ -118,6 +119,13 @@ ModelShape model_shape_from(const po::variables_map& vm) {
   s.tie_embeddings = parse_bool(vm["tie-embeddings"].as<std::string>(), "tie-embeddings");
   s.init_std = vm["init-std"].as<double>();
   return s;
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
 }
 
 std::vector<std::string> split_list(const std::string& text) {

@@ -52,6 +52,8 @@ std::vector<int64_t> parse_int_list(const std::string& text, const std::string& 
 bool parse_bool(const std::string& text, const std::string& option);
 // "0.25,0.5" -> values; UsageError naming the option on bad input.
 std::vector<double> parse_double_list(const std::string& text, const std::string& option);
+// The current time as ISO-8601 UTC, "2026-11-23T21:29:42Z".
+std::string utc_now();
 // "a,b" -> {"a", "b"} (empty items dropped).
 std::vector<std::string> split_list(const std::string& text);
 

@@ -79,13 +79,6 @@ nlohmann::json eval_settings_json(const eval::EvalSettings& s) {
 
 namespace {
 
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
 void print_table(const std::vector<eval::TaskResult>& rs, std::ostream& os) {
   os << "| Task           | Metric           |      Value |     Stderr |     n |\n"
      << "|----------------|------------------|-----------:|-----------:|------:|\n";

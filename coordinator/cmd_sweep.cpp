@@ -48,20 +48,6 @@ std::string hostname() {
   return buf;
 }
 
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
-// "0.5" rather than "0.500000": folder names and log lines.
-std::string ratio_text(double r) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", r);
-  return buf;
-}
-
 struct PlannedVariant {
   std::string method;  // "none" = the unpruned baseline
   double ratio = 0;
@@ -234,7 +220,7 @@ int run_sweep(const po::variables_map& vm) {
                                                     v.seed, static_cast<int>(pruned.config().head_k_dim), sel_json});
       if (vm.count("save-pruned") && v.method != "none") {
         const std::string out = path_join(vm["save-pruned"].as<std::string>(),
-                                          cat(v.method, "-", ratio_text(v.ratio), "-seed", v.seed));
+                                          cat(v.method, "-", storage::format_ratio(v.ratio), "-seed", v.seed));
         if (!is_directory(out)) {
           fs::create_directories(vm["save-pruned"].as<std::string>());
           write_pruned_checkpoint(dir, pruned, sel, out);
@@ -247,7 +233,7 @@ int run_sweep(const po::variables_map& vm) {
         const auto t0 = Clock::now();
         eval::TaskResult r;
         try {
-          Progress progress(cat("  ", v.method, " ", ratio_text(v.ratio), " ", t), "units", std::cerr, 10.0, false);
+          Progress progress(cat("  ", v.method, " ", storage::format_ratio(v.ratio), " ", t), "units", std::cerr, 10.0, false);
           r = eval::run_task(t, pruned, *tok, es, [&](int64_t d, int64_t n) { progress.update(d, n); });
         } catch (const std::exception& e) {
           db.fail_job(job, e.what());
@@ -258,7 +244,7 @@ int run_sweep(const po::variables_map& vm) {
         db.complete_job(job, mv, std::chrono::duration<double>(Clock::now() - t0).count());
         ++done;
         std::ostringstream line;
-        line << "[" << done << "/" << missing << "] " << v.method << " ratio " << ratio_text(v.ratio);
+        line << "[" << done << "/" << missing << "] " << v.method << " ratio " << storage::format_ratio(v.ratio);
         if (v.method == "random") line << " seed " << v.seed;
         line << " " << t << ":";
         for (const auto& m : r.metrics) line << " " << m.name << " " << m.value;

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/random.h"
 #include "eval/metrics.h"
 #include "eval/tasks.h"
 
@@ -14,6 +15,15 @@ namespace rankprune::eval {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The whole file is read (so a malformed row anywhere is reported and n-samples.original is
+// known); then the first `limit` items are kept (all when limit <= 0). Returns the original count.
+template <typename T>
+int64_t keep_first(std::vector<T>& items, long limit) {
+  const auto all = static_cast<int64_t>(items.size());
+  if (limit > 0 && static_cast<std::size_t>(limit) < items.size()) items.resize(static_cast<std::size_t>(limit));
+  return all;
+}
 
 std::string task_path(const EvalSettings& s, const std::string& rel) { return path_join(s.data_dir, rel); }
 
@@ -32,12 +42,7 @@ MetricResult with_stderr(const std::string& name, const std::vector<double>& per
 double bootstrap_perplexity_stderr(const std::vector<double>& lls, int iters = 10000) {
   if (lls.size() < 2) return std::nan("");
   std::uint64_t state = 1234;
-  auto next = [&state] {
-    std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-  };
+  auto next = [&state] { return splitmix64(state); };
   std::vector<double> stats;
   stats.reserve(static_cast<std::size_t>(iters));
   for (int it = 0; it < iters; ++it) {
@@ -122,8 +127,8 @@ TaskResult lambada(const std::vector<LambadaItem>& items, int64_t original, cons
 TaskResult wikitext(const LinearLM& model, const Scorer& scorer, const Tokenizer& tok, const EvalSettings& s,
                     const ProgressFn& p) {
   const std::string path = task_path(s, "text/wikitext2/wiki.test.raw");
-  const auto docs = read_wikitext(path, s.limit);
-  const auto all_docs = s.limit > 0 ? read_wikitext(path, 0).size() : docs.size();
+  auto docs = read_wikitext(path);
+  const int64_t all_docs = keep_first(docs, s.limit);
   const int prefix = prefix_token(tok);
   const auto L = static_cast<std::size_t>(scorer.options().max_length);
   // Rolling windows of every document, each from a fresh state (lm-eval's loglikelihood_rolling).
@@ -173,7 +178,7 @@ TaskResult wikitext(const LinearLM& model, const Scorer& scorer, const Tokenizer
   TaskResult out;
   out.task = "wikitext";
   out.samples = static_cast<int64_t>(docs.size());
-  out.original_samples = static_cast<int64_t>(all_docs);
+  out.original_samples = all_docs;
   out.metrics = {{"word_perplexity", word_perplexity(lls, words), std::nullopt},
                  {"byte_perplexity", byte_perplexity(lls, bytes), std::nullopt},
                  {"bits_per_byte", bits_per_byte(lls, bytes), std::nullopt},
@@ -250,30 +255,27 @@ TaskResult run_task(const std::string& task, const LinearLM& model, const Tokeni
                     const ProgressFn& progress) {
   const auto t0 = Clock::now();
   const Scorer scorer(model, s.engine);
-  auto count = [&](auto reader_all, std::size_t got) {
-    return s.limit > 0 ? static_cast<int64_t>(reader_all().size()) : static_cast<int64_t>(got);
-  };
   TaskResult r;
   if (task == "piqa") {
-    const auto f = task_path(s, "tasks/piqa/valid.jsonl"), l = task_path(s, "tasks/piqa/valid-labels.lst");
-    const auto items = read_piqa(f, l, s.limit);
-    r = multiple_choice(task, items, count([&] { return read_piqa(f, l, 0); }, items.size()), scorer, tok, s, progress);
+    auto items = read_piqa(task_path(s, "tasks/piqa/valid.jsonl"), task_path(s, "tasks/piqa/valid-labels.lst"));
+    const int64_t all = keep_first(items, s.limit);
+    r = multiple_choice(task, items, all, scorer, tok, s, progress);
   } else if (task == "hellaswag") {
-    const auto f = task_path(s, "tasks/hellaswag/hellaswag_val_full.txt");
-    const auto items = read_hellaswag(f, s.limit);
-    r = multiple_choice(task, items, count([&] { return read_hellaswag(f, 0); }, items.size()), scorer, tok, s, progress);
+    auto items = read_hellaswag(task_path(s, "tasks/hellaswag/hellaswag_val_full.txt"));
+    const int64_t all = keep_first(items, s.limit);
+    r = multiple_choice(task, items, all, scorer, tok, s, progress);
   } else if (task == "arc_easy" || task == "arc_challenge") {
-    const auto f = task_path(s, "tasks/llmfoundry/" + task + ".jsonl");
-    const auto items = read_arc(f, s.limit);
-    r = multiple_choice(task, items, count([&] { return read_arc(f, 0); }, items.size()), scorer, tok, s, progress);
+    auto items = read_arc(task_path(s, "tasks/llmfoundry/" + task + ".jsonl"));
+    const int64_t all = keep_first(items, s.limit);
+    r = multiple_choice(task, items, all, scorer, tok, s, progress);
   } else if (task == "winogrande") {
-    const auto f = task_path(s, "tasks/llmfoundry/winogrande.jsonl");
-    const auto items = read_winogrande(f, s.limit);
-    r = winogrande(items, count([&] { return read_winogrande(f, 0); }, items.size()), scorer, tok, s, progress);
+    auto items = read_winogrande(task_path(s, "tasks/llmfoundry/winogrande.jsonl"));
+    const int64_t all = keep_first(items, s.limit);
+    r = winogrande(items, all, scorer, tok, s, progress);
   } else if (task == "lambada_openai") {
-    const auto f = task_path(s, "tasks/lambada_openai/lambada_test.jsonl");
-    const auto items = read_lambada(f, s.limit);
-    r = lambada(items, count([&] { return read_lambada(f, 0); }, items.size()), scorer, tok, s, progress);
+    auto items = read_lambada(task_path(s, "tasks/lambada_openai/lambada_test.jsonl"));
+    const int64_t all = keep_first(items, s.limit);
+    r = lambada(items, all, scorer, tok, s, progress);
   } else if (task == "wikitext") {
     r = wikitext(model, scorer, tok, s, progress);
   } else {

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/random.h"
 #include "common/fs.h"
 #include "common/sha256.h"
 #include "model/npy.h"
@@ -21,23 +22,11 @@ extern "C" void dsyrk_(const char* uplo, const char* trans, const int* n, const 
 
 namespace {
 
-std::string extension(const std::string& path) {
-  std::string e = fs::path(path).extension().string();
-  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return std::tolower(c); });
-  return e;
-}
-
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 }  // namespace
 
 std::vector<std::string> read_documents(const std::string& path, const std::string& what) {
-  const std::string ext = extension(path);
+  const std::string ext = lower_extension(path);
   const std::string text = read_file(path);
   if (ext == ".txt" || ext == ".tokens" || ext == ".raw") return {text};
   RP_CHECK_INPUT(ext == ".jsonl", what, " '", path,
@@ -68,13 +57,8 @@ std::vector<int64_t> choose_indices(int64_t n, int64_t k, uint64_t seed) {
   for (int64_t i = 0; i < n; ++i) idx[i] = i;
   uint64_t state = seed;
   for (int64_t i = 0; i < k; ++i) {
-    // Unbiased draw from [i, n) by rejection.
-    const uint64_t span = static_cast<uint64_t>(n - i);
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % span;
-    uint64_t r;
-    do r = splitmix64(state);
-    while (r >= limit);
-    std::swap(idx[i], idx[i + static_cast<int64_t>(r % span)]);
+    // Unbiased draw from [i, n).
+    std::swap(idx[i], idx[i + static_cast<int64_t>(uniform_below(state, static_cast<uint64_t>(n - i)))]);
   }
   idx.resize(static_cast<std::size_t>(k));
   std::sort(idx.begin(), idx.end());
@@ -95,7 +79,7 @@ CalibrationData load_calibration_data(const std::vector<std::string>& files, con
   for (const auto& f : files) {
     RP_CHECK_INPUT(file_exists(f), "calibration data '", f, "' does not exist");
     identity.update(cat("|file=", sha256_file(f)));
-    if (extension(f) == ".npy") {
+    if (lower_extension(f) == ".npy") {
       auto a = read_npy(f);
       RP_CHECK_INPUT(a.dim() == 2 && (a.scalar_type() == torch::kInt32 || a.scalar_type() == torch::kInt64), "'", f,
                      "': expected int32 or int64 token ids of shape [N, L], got ", a.scalar_type(), " ", a.sizes());
@@ -268,7 +252,7 @@ std::string model_sha(const std::string& dir) {
   if (is_directory(dir)) {
     for (const auto& e : fs::directory_iterator(dir)) {
       const std::string name = e.path().filename().string();
-      if (name == "config.json" || extension(name) == ".safetensors" || name == "model.safetensors.index.json")
+      if (name == "config.json" || lower_extension(name) == ".safetensors" || name == "model.safetensors.index.json")
         files.push_back(name);
     }
     std::sort(files.begin(), files.end());

@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "common/progress.h"
+#include "common/random.h"
 #include "common/sha256.h"
 #include "model/linear_lm.h"
 #include "model/npy.h"
@@ -32,18 +33,6 @@ constexpr const char* kStateJson = "train_state.json";
 constexpr const char* kLogFile = "train_log.jsonl";
 constexpr const char* kStateFormat = "rankprune-train-state-v1";
 
-uint64_t splitmix64(uint64_t& x) {
-  uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-std::string lower_extension(const std::string& path) {
-  std::string e = fs::path(path).extension().string();
-  std::transform(e.begin(), e.end(), e.begin(), [](unsigned char c) { return std::tolower(c); });
-  return e;
-}
 
 
 // "2.9e-3"
@@ -192,14 +181,8 @@ std::vector<int64_t> batch_indices(int64_t n, int64_t batch, int64_t step, uint6
       for (int64_t j = 0; j < n; ++j) perm[j] = j;
       uint64_t st = seed ^ (0x5851f42d4c957f2dULL * static_cast<uint64_t>(epoch + 1));
       splitmix64(st);
-      for (int64_t j = n - 1; j > 0; --j) {
-        const uint64_t span = static_cast<uint64_t>(j + 1);
-        const uint64_t limit = UINT64_MAX - UINT64_MAX % span;
-        uint64_t r;
-        do r = splitmix64(st);
-        while (r >= limit);
-        std::swap(perm[j], perm[static_cast<int64_t>(r % span)]);
-      }
+      for (int64_t j = n - 1; j > 0; --j)
+        std::swap(perm[j], perm[static_cast<int64_t>(uniform_below(st, static_cast<uint64_t>(j + 1)))]);
       cached_epoch = epoch;
     }
     out.push_back(perm[static_cast<std::size_t>(pos)]);
