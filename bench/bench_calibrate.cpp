@@ -8,8 +8,8 @@
 #include <cstdlib>
 #include <iomanip>
 #include <iostream>
-#include <thread>
 
+#include "kernels/threads.h"
 #include "worker/calibration.h"
 
 using namespace rankprune;
@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   auto arg = [&](int i, int64_t d) { return argc > i ? std::atoll(argv[i]) : d; };
   const int64_t hidden = arg(1, 1024), heads = arg(2, 8), layers = arg(3, 4), n = arg(4, 4), L = arg(5, 512);
   const int reps = static_cast<int>(arg(6, 5));
-  at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+  set_cpu_threads(0);
   ModelConfig c = ModelConfig::defaults(Arch::DeltaNet);
   c.hidden_size = hidden, c.num_heads = heads, c.num_hidden_layers = layers, c.vocab_size = 32000;
   c.intermediate_size = 0;

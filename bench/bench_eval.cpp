@@ -5,8 +5,11 @@
 //  - wikitext tokens/s: lm-eval's rolling windows of the first documents through Scorer::score.
 //
 //   build/bench/bench_eval [--arch delta_net] [--hidden 512] [--layers 4] [--heads 8]
-//                          [--tokenizer PATH|bytes] [--limit 200] [--docs 2] [--batch 16]
-//                          [--max-length 2048] [--threads 0] [--data-dir DIR] [--impl auto]
+//                          [--tokenizer PATH|bytes] [--limit 200] [--docs 2 (0: no wikitext)] [--batch 16]
+//                          [--max-length 2048] [--threads 0] [--elementwise-threads 1]
+//                          [--data-dir DIR] [--impl auto]
+//
+// --threads sizes OpenBLAS; --elementwise-threads LibTorch's own pool (kernels/threads.h).
 //
 // Task data: --data-dir, else $RANKPRUNE_DATA_DIR, else <source>/../shared/data. Prints figures;
 // asserts nothing.
@@ -20,12 +23,12 @@
 #include <iostream>
 #include <map>
 #include <string>
-#include <thread>
 
 #include "common/fs.h"
 #include "eval/engine.h"
 #include "eval/runner.h"
 #include "eval/tasks.h"
+#include "kernels/threads.h"
 #include "model/linear_lm.h"
 #include "model/tokenizer.h"
 
@@ -48,13 +51,13 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> opt = {{"arch", "delta_net"}, {"hidden", "512"},   {"layers", "4"},
                                             {"heads", "8"},        {"limit", "200"},    {"docs", "2"},
                                             {"batch", "16"},       {"max-length", "2048"}, {"threads", "0"},
-                                            {"tokenizer", ""},     {"data-dir", ""},        {"impl", "auto"}};
+                                            {"tokenizer", ""},     {"data-dir", ""},        {"impl", "auto"},        {"elementwise-threads", "1"}};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "-h" || a == "--help") {
       std::cout << "bench_eval [--arch delta_net|gated_deltanet] [--hidden 512] [--layers 4] [--heads 8]\n"
                    "           [--tokenizer PATH|bytes] [--limit 200] [--docs 2] [--batch 16] [--max-length 2048]\n"
-                   "           [--threads 0] [--data-dir DIR] [--impl auto|chunked|recurrent]\n";
+                   "           [--threads 0] [--elementwise-threads 1] [--data-dir DIR] [--impl auto|chunked|recurrent]\n";
       return 0;
     }
     if (a.rfind("--", 0) != 0 || !opt.count(a.substr(2)) || i + 1 >= argc) {
@@ -70,9 +73,7 @@ int main(int argc, char** argv) {
   }
   const std::string tok_path =
       opt["tokenizer"].empty() ? path_join(data, "tokenizers/mistral_v1.model") : opt["tokenizer"];
-  int threads = std::stoi(opt["threads"]);
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(threads);
+  const auto ct = set_cpu_threads(std::stoi(opt["threads"]), std::stoi(opt["elementwise-threads"]));
 
   const auto tok = Tokenizer::load(tok_path);
   ModelConfig c = ModelConfig::defaults(opt["arch"] == "gated_deltanet" ? Arch::GatedDeltaNet : Arch::DeltaNet);
@@ -98,11 +99,11 @@ int main(int argc, char** argv) {
                           : opt["impl"] == "recurrent" ? DeltaRuleImpl::Recurrent
                                                        : DeltaRuleImpl::Auto;
   std::printf("bench_eval: %s hidden %lld, %lld layers, %lld heads (dk %lld, dv %lld), vocab %lld (%s), %.1fM params, "
-              "f32, %d threads, batch %lld\n",
+              "f32, %d BLAS + %d element-wise threads, batch %lld\n",
               arch_name(c.arch), static_cast<long long>(c.hidden_size), static_cast<long long>(c.num_hidden_layers),
               static_cast<long long>(c.num_heads), static_cast<long long>(c.head_k_dim),
               static_cast<long long>(c.head_v_dim), static_cast<long long>(c.vocab_size), tok->name().c_str(),
-              static_cast<double>(c.num_parameters()) / 1e6, threads, static_cast<long long>(s.engine.batch_size));
+              static_cast<double>(c.num_parameters()) / 1e6, ct.blas, ct.elementwise, static_cast<long long>(s.engine.batch_size));
 
   // ---- hellaswag, reuse on vs off.
   const auto items = eval::read_hellaswag(path_join(data, "tasks/hellaswag/hellaswag_val_full.txt"), s.limit);
@@ -117,6 +118,16 @@ int main(int argc, char** argv) {
   std::printf("hellaswag: %zu items, %lld choices; mean context %.1f tokens, mean continuation %.1f tokens\n",
               items.size(), static_cast<long long>(n_cont), static_cast<double>(ctx_tok) / static_cast<double>(items.size()),
               static_cast<double>(cont_tok) / static_cast<double>(n_cont));
+  // Token positions through the layers (no padding: both modes pack): without reuse every choice
+  // runs context + continuation minus its last token; with reuse each context once, then each
+  // continuation minus its last token. The scored positions (lm_head) are the same in both.
+  {
+    const double off = static_cast<double>(n_cont) / static_cast<double>(items.size()) * static_cast<double>(ctx_tok) +
+                       static_cast<double>(cont_tok - n_cont);
+    const double on = static_cast<double>(ctx_tok + cont_tok - n_cont);
+    std::printf("  token positions through the layers: %.0f without reuse, %.0f with (ratio %.2f)\n", off, on,
+                off / on);
+  }
   // Warm-up on a few items, then both modes alternately, twice; the best time of each is reported.
   {
     auto w = s;
@@ -137,66 +148,49 @@ int main(int argc, char** argv) {
   std::printf("  speed-up from reuse: %.2fx%s\n", secs[0] / secs[1],
               acc[0] == acc[1] ? "" : "  (WARNING: metrics differ)");
 
-  // ---- Where the reuse path spends its time, one batch of groups at a time.
+  // ---- Where the reuse path spends its time, one batch of groups at a time, as the engine runs it:
+  // contexts packed, then every continuation of the batch packed from its group's state.
   {
     torch::NoGradGuard ng;
     ForwardOptions fo = s.engine.forward;
     double t_ctx = 0, t_cont = 0, t_head = 0;
     const auto B = static_cast<std::size_t>(s.engine.batch_size);
+    auto pack = [](const std::vector<std::vector<int>>& seqs, std::vector<int64_t>* lens) {
+      std::vector<int64_t> flat;
+      for (const auto& x : seqs) {
+        lens->push_back(static_cast<int64_t>(x.size()));
+        flat.insert(flat.end(), x.begin(), x.end());
+      }
+      return torch::tensor(flat, torch::kLong);
+    };
     for (std::size_t lo = 0; lo < items.size(); lo += B) {
       const std::size_t hi = std::min(items.size(), lo + B);
-      std::vector<std::vector<int>> ctx;
-      std::vector<std::vector<int>> conts;
+      std::vector<std::vector<int>> ctx, conts;
       std::vector<int64_t> rows;
       for (std::size_t i = lo; i < hi; ++i)
         for (std::size_t k = 0; k < items[i].continuations.size(); ++k) {
           auto r = eval::encode_pair(*tok, items[i].context, items[i].continuations[k], s.add_bos);
           if (k == 0) ctx.push_back(r.context);
+          if (r.continuation.size() < 2) continue;
           conts.emplace_back(r.continuation.begin(), r.continuation.end() - 1);
           rows.push_back(static_cast<int64_t>(i - lo));
         }
-      int64_t Tc = 0;
-      for (const auto& x : ctx) Tc = std::max<int64_t>(Tc, static_cast<int64_t>(x.size()));
-      auto ids = torch::zeros({static_cast<int64_t>(ctx.size()), Tc}, torch::kLong);
-      auto valid = torch::zeros({static_cast<int64_t>(ctx.size()), Tc}, torch::kBool);
-      for (std::size_t g = 0; g < ctx.size(); ++g)
-        for (std::size_t t = 0; t < ctx[g].size(); ++t) {
-          const auto p = static_cast<int64_t>(Tc - static_cast<int64_t>(ctx[g].size()) + static_cast<int64_t>(t));
-          ids[static_cast<int64_t>(g)][p] = ctx[g][t];
-          valid[static_cast<int64_t>(g)][p] = true;
-        }
+      std::vector<int64_t> ctx_lens, cont_lens;
+      auto ctx_ids = pack(ctx, &ctx_lens);
+      auto cont_ids = pack(conts, &cont_lens);
       auto t0 = Clock::now();
       LmState st;
-      auto hc = model.hidden_left_padded(ids, valid, &st, fo);
+      auto hc = model.hidden_packed(ctx_ids, ctx_lens, &st, fo);
       t_ctx += since(t0);
-      // Continuations as the engine runs them: longest first, `batch` rows per forward.
-      std::vector<std::size_t> order(conts.size());
-      for (std::size_t r = 0; r < order.size(); ++r) order[r] = r;
-      std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return conts[x].size() > conts[y].size(); });
-      std::vector<torch::Tensor> scored_rows;
-      for (std::size_t a = 0; a < order.size(); a += B) {
-        const std::size_t e = std::min(order.size(), a + B);
-        const auto Tk = static_cast<int64_t>(conts[order[a]].size());
-        if (Tk == 0) break;
-        auto kid = torch::zeros({static_cast<int64_t>(e - a), Tk}, torch::kLong);
-        std::vector<int64_t> srows;
-        for (std::size_t k = a; k < e; ++k) {
-          srows.push_back(rows[order[k]]);
-          for (std::size_t t = 0; t < conts[order[k]].size(); ++t)
-            kid[static_cast<int64_t>(k - a)][static_cast<int64_t>(t)] = conts[order[k]][t];
-        }
-        t0 = Clock::now();
-        LmState sc = st.select(torch::tensor(srows));
-        auto hk = model.hidden(kid, &sc, fo);
-        t_cont += since(t0);
-        for (std::size_t k = a; k < e; ++k)
-          if (!conts[order[k]].empty())
-            scored_rows.push_back(hk[static_cast<int64_t>(k - a)].narrow(0, 0, static_cast<int64_t>(conts[order[k]].size())));
-      }
+      t0 = Clock::now();
+      auto hk = model.hidden_packed(cont_ids, cont_lens, nullptr, fo, &st, torch::tensor(rows));
+      t_cont += since(t0);
       // lm_head + log-softmax: one row per group for the first tokens, one per later token.
       t0 = Clock::now();
-      scored_rows.push_back(hc.select(1, Tc - 1));
-      auto flat = torch::cat(scored_rows, 0);
+      std::vector<int64_t> last;
+      int64_t at = 0;
+      for (const auto n : ctx_lens) last.push_back(at += n);
+      auto flat = torch::cat({hc.index_select(0, torch::tensor(last) - 1), hk}, 0);
       for (int64_t a = 0; a < flat.size(0); a += 128) {
         auto lp = torch::log_softmax(model.logits_from_hidden(flat.narrow(0, a, std::min<int64_t>(128, flat.size(0) - a))), -1);
         (void)lp.max();
@@ -209,8 +203,8 @@ int main(int argc, char** argv) {
                 t_ctx, 100 * t_ctx / tot, t_cont, 100 * t_cont / tot, t_head, 100 * t_head / tot);
   }
 
-  // ---- wikitext rolling windows.
-  {
+  // ---- wikitext rolling windows (--docs 0: skipped).
+  if (std::stol(opt["docs"]) > 0) {
     const auto docs = eval::read_wikitext(path_join(data, "text/wikitext2/wiki.test.raw"), std::stol(opt["docs"]));
     std::vector<eval::Request> reqs;
     int64_t tokens = 0;

@@ -11,9 +11,9 @@
 #include <chrono>
 #include <iomanip>
 #include <iostream>
-#include <thread>
 
 #include "kernels/delta_rule.h"
+#include "kernels/threads.h"
 #include "model/linear_lm.h"
 
 using namespace rankprune;
@@ -30,16 +30,14 @@ int main(int argc, char** argv) {
       ("vocab", po::value<int64_t>()->default_value(32000), "vocabulary size")
       ("chunk", po::value<int64_t>()->default_value(64), "chunk size")
       ("reps", po::value<int>()->default_value(3), "timed repetitions (best is reported)")
-      ("threads", po::value<int>()->default_value(0), "LibTorch threads (0 = all cores)");
+      ("threads", po::value<int>()->default_value(0), "BLAS threads (0 = all cores; kernels/threads.h)");
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, d), vm);
   if (vm.count("help")) {
     std::cout << d << "\n";
     return 0;
   }
-  int threads = vm["threads"].as<int>();
-  if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
-  at::set_num_threads(threads);
+  const int threads = set_cpu_threads(vm["threads"].as<int>()).blas;
 
   const std::string arch = vm["arch"].as<std::string>();
   ModelConfig c = ModelConfig::defaults(arch == "gated_deltanet" ? Arch::GatedDeltaNet : Arch::DeltaNet);

@@ -3,9 +3,9 @@
 #include <torch/torch.h>
 
 #include <ctime>
-#include <thread>
 
 #include "common/error.h"
+#include "kernels/threads.h"
 #include "model/linear_lm.h"
 
 namespace rankprune::cli {
@@ -17,14 +17,13 @@ void add_compute_options(po::options_description& d) {
       ("impl", po::value<std::string>()->default_value("auto"),
        "delta-rule implementation: auto (fla: recurrent for <= 64 tokens, else chunked), recurrent, chunked")
       ("chunk-size", po::value<int64_t>()->default_value(64), "chunk length of the chunked delta rule")
-      ("threads", po::value<int>()->default_value(0), "CPU threads for LibTorch (0 = all cores)");
+      ("threads", po::value<int>()->default_value(0), "CPU threads for matrix products (OpenBLAS); 0 = $OPENBLAS_NUM_THREADS, else $OMP_NUM_THREADS, else all cores. Element-wise ops run on one");
 }
 
 void apply_threads(const po::variables_map& vm) {
   int n = vm["threads"].as<int>();
   if (n < 0) throw UsageError(cat("--threads must be >= 0, got ", n));
-  if (n == 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(n);
+  set_cpu_threads(n);
 }
 
 ForwardOptions forward_options_from(const po::variables_map& vm) {

@@ -13,11 +13,18 @@ namespace {
 // bounds memory whatever the batch.
 int64_t logit_rows_per_chunk(int64_t vocab) { return std::max<int64_t>(1, (int64_t{1} << 22) / vocab); }
 
-torch::Tensor right_padded(const std::vector<const std::vector<int>*>& rows, int64_t T) {
-  auto ids = torch::zeros({static_cast<int64_t>(rows.size()), T}, torch::kLong);
-  auto acc = ids.accessor<int64_t, 2>();
-  for (std::size_t i = 0; i < rows.size(); ++i)
-    for (std::size_t t = 0; t < rows[i]->size(); ++t) acc[static_cast<int64_t>(i)][static_cast<int64_t>(t)] = (*rows[i])[t];
+// Sequences packed end to end (LinearLM::hidden_packed); `starts` receives each one's offset.
+torch::Tensor packed(const std::vector<const std::vector<int>*>& rows, std::vector<int64_t>* lens,
+                     std::vector<int64_t>* starts) {
+  int64_t n = 0;
+  for (const auto* r : rows) {
+    starts->push_back(n);
+    lens->push_back(static_cast<int64_t>(r->size()));
+    n += static_cast<int64_t>(r->size());
+  }
+  auto ids = torch::empty({n}, torch::kLong);
+  int64_t* p = ids.data_ptr<int64_t>();
+  for (const auto* r : rows) p = std::copy(r->begin(), r->end(), p);
   return ids;
 }
 
@@ -52,23 +59,22 @@ Scorer::Scorer(const LinearLM& model, EngineOptions opts) : model_(model), opts_
 
 std::vector<Score> Scorer::score_positions(const torch::Tensor& hidden, const std::vector<int64_t>& first,
                                            const std::vector<std::vector<int>>& targets) const {
-  std::vector<int64_t> b_idx, t_idx, tgt;
+  std::vector<int64_t> pos, tgt;
   for (std::size_t i = 0; i < targets.size(); ++i)
     for (std::size_t j = 0; j < targets[i].size(); ++j) {
-      b_idx.push_back(static_cast<int64_t>(i));
-      t_idx.push_back(first[i] + static_cast<int64_t>(j));
+      pos.push_back(first[i] + static_cast<int64_t>(j));
       tgt.push_back(targets[i][j]);
     }
   std::vector<Score> out(targets.size());
   for (auto& s : out) s.greedy = true;
   const auto n = static_cast<int64_t>(tgt.size());
   const int64_t step = logit_rows_per_chunk(model_.config().vocab_size);
-  const auto bt = torch::tensor(b_idx), tt = torch::tensor(t_idx), yt = torch::tensor(tgt);
+  const auto pt = torch::tensor(pos), yt = torch::tensor(tgt);
   std::size_t cursor = 0;  // which request the next scored token belongs to
   std::size_t used = 0;
   for (int64_t lo = 0; lo < n; lo += step) {
     const int64_t len = std::min(step, n - lo);
-    auto rows = hidden.index({bt.narrow(0, lo, len), tt.narrow(0, lo, len)});  // [len, D]
+    auto rows = hidden.index_select(0, pt.narrow(0, lo, len));  // [len, D]
     // log-softmax in float32 (float64 when computing in float64); sums accumulate in double.
     const auto lt = rows.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
     auto logp = torch::log_softmax(model_.logits_from_hidden(rows).to(lt), -1);
@@ -98,16 +104,15 @@ std::vector<Score> Scorer::score(const std::vector<Request>& requests, const Pro
   for (std::size_t lo = 0; lo < order.size(); lo += B) {
     const std::size_t hi = std::min(order.size(), lo + B);
     std::vector<const std::vector<int>*> rows;
-    std::vector<int64_t> first;
     std::vector<std::vector<int>> targets;
     for (std::size_t k = lo; k < hi; ++k) {
       const std::size_t i = order[k];
       rows.push_back(&in[i].tokens);
-      first.push_back(in[i].first_scored);
       targets.push_back(requests[i].continuation);
     }
-    const auto T = static_cast<int64_t>(rows.front()->size());  // longest first
-    auto h = model_.hidden(right_padded(rows, T), nullptr, opts_.forward);
+    std::vector<int64_t> lens, first;
+    auto h = model_.hidden_packed(packed(rows, &lens, &first), lens, nullptr, opts_.forward);
+    for (std::size_t k = lo; k < hi; ++k) first[k - lo] += in[order[k]].first_scored;
     auto s = score_positions(h, first, targets);
     for (std::size_t k = lo; k < hi; ++k) out[order[k]] = s[k - lo];
     if (progress) progress(static_cast<int64_t>(hi), static_cast<int64_t>(order.size()));
@@ -117,22 +122,13 @@ std::vector<Score> Scorer::score(const std::vector<Request>& requests, const Pro
 
 std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<const Group*>& batch) const {
   const auto G = static_cast<int64_t>(batch.size());
-  int64_t Tc = 0;
-  for (const auto* g : batch) Tc = std::max<int64_t>(Tc, static_cast<int64_t>(g->context.size()));
-  // Contexts, left-padded so that every row's state ends at its own last token.
-  auto ids = torch::zeros({G, Tc}, torch::kLong);
-  auto valid = torch::zeros({G, Tc}, torch::kBool);
-  {
-    auto ia = ids.accessor<int64_t, 2>();
-    auto va = valid.accessor<bool, 2>();
-    for (int64_t g = 0; g < G; ++g) {
-      const auto& c = batch[static_cast<std::size_t>(g)]->context;
-      const int64_t off = Tc - static_cast<int64_t>(c.size());
-      for (std::size_t t = 0; t < c.size(); ++t) ia[g][off + static_cast<int64_t>(t)] = c[t], va[g][off + static_cast<int64_t>(t)] = true;
-    }
-  }
+  // Contexts, packed: each group's state ends at its own last token.
+  std::vector<const std::vector<int>*> ctx;
+  for (const auto* g : batch) ctx.push_back(&g->context);
+  std::vector<int64_t> ctx_lens, ctx_starts;
+  const auto ctx_ids = packed(ctx, &ctx_lens, &ctx_starts);
   LmState st;
-  auto hc = model_.hidden_left_padded(ids, valid, &st, opts_.forward);
+  auto hc = model_.hidden_packed(ctx_ids, ctx_lens, &st, opts_.forward);
   // Continuation rows r = (group, choice) in input order.
   std::vector<int64_t> group_of;
   std::vector<int> first_tok;
@@ -149,7 +145,9 @@ std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<cons
   // once per group (not once per choice) and read for each choice.
   std::vector<Score> s0(R);
   {
-    const auto last = hc.select(1, Tc - 1);  // [G, D]
+    std::vector<int64_t> last_pos;
+    for (int64_t g = 0; g < G; ++g) last_pos.push_back(ctx_starts[static_cast<std::size_t>(g)] + ctx_lens[static_cast<std::size_t>(g)] - 1);
+    const auto last = hc.index_select(0, torch::tensor(last_pos));  // [G, D]
     const auto lt = last.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
     const int64_t step = logit_rows_per_chunk(model_.config().vocab_size);
     for (int64_t lo = 0; lo < G; lo += step) {
@@ -166,31 +164,27 @@ std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<cons
       }
     }
   }
-  // The rest of each continuation, from a copy of its group's state. Rows are sorted longest
-  // first and run batch_size at a time, so a long choice pads only rows of similar length.
-  // Single-token continuations have nothing left to score: log P = 0 and (vacuously) greedy.
+  // The rest of every continuation of the batch in one packed forward, each from its group's
+  // state (read in place, never copied). Single-token continuations have nothing left to score:
+  // log P = 0 and (vacuously) greedy.
   std::vector<Score> s1(R, Score{0.0, true});
   std::vector<std::size_t> todo;
   for (std::size_t r = 0; r < R; ++r)
     if (!cont_inputs[r].empty()) todo.push_back(r);
-  const auto order = longest_first(todo.size(), [&](std::size_t k) { return cont_inputs[todo[k]].size(); });
-  const auto B = static_cast<std::size_t>(opts_.batch_size);
-  for (std::size_t lo = 0; lo < order.size(); lo += B) {
-    const std::size_t hi = std::min(order.size(), lo + B);
+  if (!todo.empty()) {
     std::vector<const std::vector<int>*> rows;
     std::vector<int64_t> state_rows;
     std::vector<std::vector<int>> targets;
-    for (std::size_t k = lo; k < hi; ++k) {
-      const std::size_t r = todo[order[k]];
+    for (const std::size_t r : todo) {
       rows.push_back(&cont_inputs[r]);
       state_rows.push_back(group_of[r]);
       targets.push_back(cont_targets[r]);
     }
-    const auto Tk = static_cast<int64_t>(rows.front()->size());  // longest first
-    LmState sc = st.select(torch::tensor(state_rows));
-    auto hk = model_.hidden(right_padded(rows, Tk), &sc, opts_.forward);
-    auto s = score_positions(hk, std::vector<int64_t>(rows.size(), 0), targets);
-    for (std::size_t k = lo; k < hi; ++k) s1[todo[order[k]]] = s[k - lo];
+    std::vector<int64_t> lens, first;
+    auto hk = model_.hidden_packed(packed(rows, &lens, &first), lens, nullptr, opts_.forward, &st,
+                                   torch::tensor(state_rows));
+    auto s = score_positions(hk, first, targets);
+    for (std::size_t k = 0; k < todo.size(); ++k) s1[todo[k]] = s[k];
   }
   std::vector<std::vector<Score>> out(batch.size());
   std::size_t r = 0;

@@ -4,12 +4,13 @@
 // probabilities of its continuation tokens, plus whether each is the argmax (greedy match).
 //
 // Two ways in:
-//  - score(): independent requests, each from a fresh state, sorted by length and batched with
-//    right padding (causal: padding after a row's tokens cannot reach them).
+//  - score(): independent requests, each from a fresh state, longest first (lm-eval's order),
+//    batch_size at a time, packed end to end without padding (LinearLM::hidden_packed).
 //  - score_groups(): one shared context and several continuations (multiple choice). With state
-//    reuse the contexts of a batch of groups run once, left-padded (LinearLM::hidden_left_padded),
-//    the fixed-size state is copied for every continuation, and only the continuations run. The
-//    scores equal score() on the expanded (context, continuation) requests up to float rounding.
+//    reuse the contexts of batch_size groups run once (packed), every continuation of the batch
+//    then runs in one packed forward from its group's fixed-size state (read in place, never
+//    copied), and only the continuations are computed. The scores equal score() on the expanded
+//    (context, continuation) requests up to float rounding.
 //
 // Scores come back in the order of the input. Progress (optional) is ticked per request / group.
 #pragma once
@@ -25,7 +26,7 @@ namespace rankprune::eval {
 
 struct EngineOptions {
   ForwardOptions forward;       // compute dtype, scan implementation
-  int64_t batch_size = 16;      // rows per forward call
+  int64_t batch_size = 16;      // requests (score) or groups (score_groups) per forward call
   int64_t max_length = 2048;    // lm-eval's max_length: inputs keep the last max_length + 1 tokens
   bool reuse_state = true;      // score_groups: share the context's state across continuations
 };
@@ -59,8 +60,8 @@ class Scorer {
   const EngineOptions& options() const { return opts_; }
 
  private:
-  // Scores the rows of a right-padded batch: `inputs` are the model inputs, `targets[i][j]` the
-  // token predicted at position `first[i] + j` of row i.
+  // Scores packed hidden states [N, D]: `targets[i][j]` is the token predicted at row
+  // `first[i] + j`.
   std::vector<Score> score_positions(const torch::Tensor& hidden, const std::vector<int64_t>& first,
                                      const std::vector<std::vector<int>>& targets) const;
   std::vector<std::vector<Score>> score_group_batch(const std::vector<const Group*>& batch) const;

@@ -5,9 +5,16 @@
 //   S_t = S_t + k_t u_t^T
 //   o_t = S_t^T (scale * q_t)                    the state AFTER the update
 //
-// Two implementations that compute the same thing:
-//  - delta_rule_recurrent: one token at a time. The readable reference (what fla's
-//    fused_recurrent kernels and naive_recurrent_* compute). O(T) sequential steps.
+// Three implementations that compute the same thing:
+//  - delta_rule_recurrent: one token at a time in torch ops. The readable reference (what fla's
+//    fused_recurrent kernels and naive_recurrent_* compute). O(T) sequential steps, each a few
+//    batched matmuls over the whole [B, H, dk, dv] state; works on any device, differentiable.
+//  - delta_rule_recurrent_cpu: the same recurrence as one fused CPU loop per (batch, head) whose
+//    [dk, dv] state stays in a cache-resident buffer for all T steps (two passes over it per
+//    token, no temporaries). Forward only; float32/float64 CPU tensors (bf16/f16 computed in
+//    float32). Its initial state can be read in place from rows of a bigger state (`s0_rows`),
+//    and the final state can be skipped: scoring continuations from a shared context copies no
+//    state at all.
 //  - delta_rule_chunked: the WY/UT form in chunks of C tokens (fla's chunk kernels). All
 //    state-independent work (the triangular solves, intra-chunk attention) is batched over all
 //    chunks; only three small matmuls per chunk stay sequential. Differentiable by autograd.
@@ -22,6 +29,8 @@
 #pragma once
 
 #include <torch/torch.h>
+
+#include <vector>
 
 namespace rankprune {
 
@@ -38,12 +47,34 @@ DeltaRuleResult delta_rule_chunked(const torch::Tensor& q, const torch::Tensor& 
                                    const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0,
                                    double scale, int64_t chunk_size = 64);
 
+// `s0_rows` (int64 [S], optional): sequence b starts from s0[s0_rows[b]] (s0 then has any number
+// of rows); undefined -> from s0[b]. `want_state` false: the result's s is undefined.
+// `lens` (optional): the inputs are S sequences packed end to end in batch row 0 (q: [1, H, N, dk],
+// sum(lens) = N, no padding); the final state is then [S, H, dk, dv].
+DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                         const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0,
+                                         double scale, const torch::Tensor& s0_rows = {}, bool want_state = true,
+                                         const std::vector<int64_t>* lens = nullptr);
+
 enum class DeltaRuleImpl { Auto, Recurrent, Chunked };
 
 // fla's dispatch: the recurrence for T <= 64 (inference), otherwise chunks. `chunk_size` only
-// affects the chunked path.
+// affects the chunked path. The recurrence runs as delta_rule_recurrent_cpu on CPU when no
+// gradient is needed, else as delta_rule_recurrent. `s0_rows` / `want_state` as above (the other
+// paths gather the rows and drop the state).
 DeltaRuleResult delta_rule(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                            const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0,
-                           double scale, DeltaRuleImpl impl = DeltaRuleImpl::Auto, int64_t chunk_size = 64);
+                           double scale, DeltaRuleImpl impl = DeltaRuleImpl::Auto, int64_t chunk_size = 64,
+                           const torch::Tensor& s0_rows = {}, bool want_state = true);
+
+// Packed sequences (fla's varlen / cu_seqlens form): q, k, v [1, H, N, d], beta, g [1, H, N] hold
+// S = lens.size() sequences end to end; each runs from its own initial state (s0 / s0_rows as
+// above) and the final state is [S, H, dk, dv]. The fused CPU loop when it applies (and `impl` is
+// not Chunked), else one sequence at a time through delta_rule.
+DeltaRuleResult delta_rule_varlen(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0,
+                                  double scale, const std::vector<int64_t>& lens,
+                                  DeltaRuleImpl impl = DeltaRuleImpl::Auto, int64_t chunk_size = 64,
+                                  const torch::Tensor& s0_rows = {}, bool want_state = true);
 
 }  // namespace rankprune

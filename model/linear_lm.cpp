@@ -181,9 +181,9 @@ LinearLM LinearLM::load(const std::string& dir) {
   return LinearLM(std::move(cfg), std::move(w));
 }
 
-torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerState* st,
-                                      const ForwardOptions& opts, const QkObserver& observer,
-                                      const torch::Tensor& valid) const {
+torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, const StateIo& io,
+                                      const ForwardOptions& opts, const QkObserver& observer) const {
+  LayerState* st = io.st;
   const ModelConfig& c = cfg_;
   const LayerWeights& L = w_.layers[static_cast<std::size_t>(li)];
   const auto dt = opts.dtype;
@@ -193,18 +193,23 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerS
 
   auto x = rms_norm(h, L.attn_norm, c.norm_eps);  // [B, T, D]
   auto q = linear(x, L.q_proj, dt), k = linear(x, L.k_proj, dt), v = linear(x, L.v_proj, dt);
-  // Left padding (hidden_left_padded): zeros into the conv, as an empty conv cache would give.
-  const torch::Tensor m3 = valid.defined() ? valid.unsqueeze(-1) : torch::Tensor();
-  auto keep = [&m3](const torch::Tensor& t) { return m3.defined() ? torch::where(m3, t, torch::zeros({}, t.options())) : t; };
-  q = keep(q), k = keep(k), v = keep(v);
   // fla: the q/k short convs carry SiLU only when qk_activation is silu (always for GDN); v always.
   const bool qk_silu = gdn || c.qk_activation == "silu";
   if (c.use_short_conv) {
-    torch::Tensor nq, nk, nv;
-    q = causal_conv1d(q, L.q_conv, {}, st ? st->conv_q : torch::Tensor(), st ? &nq : nullptr);
-    k = causal_conv1d(k, L.k_conv, {}, st ? st->conv_k : torch::Tensor(), st ? &nk : nullptr);
-    v = causal_conv1d(v, L.v_conv, {}, st ? st->conv_v : torch::Tensor(), st ? &nv : nullptr);
-    if (st) st->conv_q = nq, st->conv_k = nk, st->conv_v = nv;
+    // Conv caches are small ([B, C, K-1]): rows of `from` are gathered.
+    auto cache = [&io, st](torch::Tensor LayerState::*m) {
+      if (io.from) return (io.from->*m).defined() ? (io.from->*m).index_select(0, io.rows) : torch::Tensor();
+      return st ? st->*m : torch::Tensor();
+    };
+    auto conv = [&](const torch::Tensor& x_in, const torch::Tensor& w, torch::Tensor LayerState::*m) {
+      torch::Tensor* next = st ? &(st->*m) : nullptr;
+      const auto c0 = cache(m);
+      if (io.lens) return causal_conv1d_varlen(x_in[0], *io.lens, w, {}, c0, next).unsqueeze(0);
+      return causal_conv1d(x_in, w, {}, c0, next);
+    };
+    q = conv(q, L.q_conv, &LayerState::conv_q);
+    k = conv(k, L.k_conv, &LayerState::conv_k);
+    v = conv(v, L.v_conv, &LayerState::conv_v);
   }
   if (qk_silu) q = torch::silu(q), k = torch::silu(k);
   v = torch::silu(v);
@@ -237,13 +242,6 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerS
     auto a = linear(x, L.a_proj, dt).to(wide(dt)) + L.dt_bias.to(wide(dt));
     g = -torch::exp(L.A_log.to(wide(dt))) * torch::softplus(a);  // [B, T, Hv]
   }
-  if (valid.defined()) {  // padded positions leave the state untouched: beta = 0, no decay, zero k/v
-    const auto m4 = valid.unsqueeze(-1).unsqueeze(-1);
-    auto zero = [](const torch::Tensor& t) { return torch::zeros({}, t.options()); };
-    q = torch::where(m4, q, zero(q)), k = torch::where(m4, k, zero(k)), v = torch::where(m4, v, zero(v));
-    beta = keep(beta);  // [B, T, Hv] against the [B, T, 1] mask
-    if (g.defined()) g = keep(g);
-  }
   // GVA: value head j reads q/k head j / (Hv / H) (fla: i_h = i_hv // (HV // H)).
   if (Hv != H) {
     q = q.repeat_interleave(Hv / H, /*dim=*/2);
@@ -251,9 +249,14 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerS
   }
   auto to_bhtd = [](const torch::Tensor& t) { return t.permute({0, 2, 1, 3}); };
   auto to_bht = [](const torch::Tensor& t) { return t.permute({0, 2, 1}); };
-  torch::Tensor s0 = st ? st->s : torch::Tensor();
-  auto r = delta_rule(to_bhtd(q), to_bhtd(k), to_bhtd(v), to_bht(beta), g.defined() ? to_bht(g) : g, s0,
-                      1.0 / std::sqrt(static_cast<double>(dk)), opts.impl, opts.chunk_size);
+  const torch::Tensor s0 = io.from ? io.from->s : st ? st->s : torch::Tensor();
+  const torch::Tensor s0_rows = io.from ? io.rows : torch::Tensor();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
+  const auto gt = g.defined() ? to_bht(g) : g;
+  auto r = io.lens ? delta_rule_varlen(to_bhtd(q), to_bhtd(k), to_bhtd(v), to_bht(beta), gt, s0, scale, *io.lens,
+                                       opts.impl, opts.chunk_size, s0_rows, /*want_state=*/st != nullptr)
+                   : delta_rule(to_bhtd(q), to_bhtd(k), to_bhtd(v), to_bht(beta), gt, s0, scale, opts.impl,
+                                opts.chunk_size, s0_rows, /*want_state=*/st != nullptr);
   if (st) st->s = r.s;
   auto o = r.o.permute({0, 2, 1, 3});  // [B, T, Hv, dv]
   o = rms_norm(o, L.o_norm, c.norm_eps);
@@ -270,19 +273,33 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, LayerS
 
 torch::Tensor LinearLM::hidden(const torch::Tensor& ids, LmState* state, const ForwardOptions& opts,
                                const QkObserver& observer) const {
-  return hidden_impl(ids, torch::Tensor(), state, opts, observer);
-}
-
-torch::Tensor LinearLM::hidden_left_padded(const torch::Tensor& ids, const torch::Tensor& valid, LmState* state,
-                                           const ForwardOptions& opts) const {
-  RP_ASSERT(valid.sizes() == ids.sizes() && valid.scalar_type() == torch::kBool, "valid mask ", valid.sizes());
-  RP_ASSERT(!state || state->layers.empty(), "hidden_left_padded starts from an empty state");
-  return hidden_impl(ids, valid, state, opts, nullptr);
-}
-
-torch::Tensor LinearLM::hidden_impl(const torch::Tensor& ids, const torch::Tensor& valid, LmState* state,
-                                    const ForwardOptions& opts, const QkObserver& observer) const {
   RP_CHECK_INPUT(ids.dim() == 2, "token ids must have shape [batch, tokens], got ", ids.sizes());
+  return run_layers(ids, state, opts, observer, nullptr, torch::Tensor(), nullptr);
+}
+
+torch::Tensor LinearLM::hidden_packed(const torch::Tensor& ids, const std::vector<int64_t>& lens, LmState* out,
+                                      const ForwardOptions& opts, const LmState* from,
+                                      const torch::Tensor& rows) const {
+  RP_CHECK_INPUT(ids.dim() == 1, "packed token ids must have shape [tokens], got ", ids.sizes());
+  int64_t total = 0;
+  for (const int64_t len : lens) {
+    RP_ASSERT(len >= 1, "packed sequences must not be empty");
+    total += len;
+  }
+  RP_ASSERT(total == ids.size(0), "sequence lengths sum to ", total, ", ids has ", ids.size(0), " tokens");
+  RP_ASSERT(!out || out->layers.empty(), "hidden_packed: `out` must be an empty state");
+  if (from) {
+    RP_ASSERT(static_cast<int64_t>(from->layers.size()) == cfg_.num_hidden_layers, "hidden_packed: empty `from`");
+    RP_ASSERT(rows.dim() == 1 && rows.size(0) == static_cast<int64_t>(lens.size()) &&
+                  rows.scalar_type() == torch::kLong,
+              "rows ", rows.sizes(), " for ", lens.size(), " sequences");
+  }
+  return run_layers(ids.unsqueeze(0), out, opts, nullptr, from, rows, &lens)[0];
+}
+
+torch::Tensor LinearLM::run_layers(const torch::Tensor& ids, LmState* state, const ForwardOptions& opts,
+                                   const QkObserver& observer, const LmState* from, const torch::Tensor& rows,
+                                   const std::vector<int64_t>* lens) const {
   if (ids.numel() > 0) {
     const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     RP_CHECK_INPUT(lo >= 0 && hi < cfg_.vocab_size, "token id out of range [0, ", cfg_.vocab_size, "): got ",
@@ -290,10 +307,17 @@ torch::Tensor LinearLM::hidden_impl(const torch::Tensor& ids, const torch::Tenso
   }
   if (state && state->layers.empty()) state->layers.resize(static_cast<std::size_t>(cfg_.num_hidden_layers));
   RP_ASSERT(!state || static_cast<int64_t>(state->layers.size()) == cfg_.num_hidden_layers);
+  const torch::Tensor rows_here = from ? rows.to(ids.device()) : torch::Tensor();
   auto h = torch::embedding(w_.embeddings, ids.to(torch::kLong)).to(opts.dtype);
-  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i)
-    h = layer_forward(i, h, state ? &state->layers[static_cast<std::size_t>(i)] : nullptr, opts, observer, valid);
-  if (state) state->tokens += ids.size(1);
+  for (int64_t i = 0; i < cfg_.num_hidden_layers; ++i) {
+    const auto li = static_cast<std::size_t>(i);
+    StateIo io;
+    if (state) io.st = &state->layers[li];
+    if (from) io.from = &from->layers[li], io.rows = rows_here;
+    io.lens = lens;
+    h = layer_forward(i, h, io, opts, observer);
+  }
+  if (state) state->tokens += lens ? 0 : ids.size(1);
   return rms_norm(h, w_.norm, cfg_.norm_eps);
 }
 

@@ -59,7 +59,7 @@ struct LayerState {
 };
 struct LmState {
   std::vector<LayerState> layers;
-  int64_t tokens = 0;      // tokens consumed so far
+  int64_t tokens = 0;      // tokens each row consumed by batch forwards (hidden_packed leaves it alone)
   LmState clone() const;   // deep copy (e.g. one per multiple-choice continuation)
   // Repeats batch row 0 n times (state reuse: one shared context, n continuations).
   LmState expand(int64_t n) const;
@@ -100,14 +100,16 @@ class LinearLM {
                        const QkObserver& observer = nullptr) const;
   torch::Tensor logits_from_hidden(const torch::Tensor& h) const;
 
-  // A left-padded batch: `valid` [B, T] bool is false on the padding that precedes each row's tokens
-  // (a row's valid positions must be contiguous and end at T). Padding touches neither the state nor
-  // the valid positions: each row's hidden states there, and its final state, equal a run of its own
-  // tokens alone from an empty state (padded q/k/v are zeroed before the short conv, and beta and the
-  // gate are zeroed so the delta rule skips them). Hidden states at padding are unspecified.
-  // `state`, when given, must be empty; it is left after each row's last token.
-  torch::Tensor hidden_left_padded(const torch::Tensor& ids, const torch::Tensor& valid, LmState* state,
-                                   const ForwardOptions& opts = {}) const;
+  // Several sequences packed end to end without padding (fla's varlen / cu_seqlens form): `ids`
+  // [N] int64 holds sequence b at [sum(lens[:b]), sum(lens[:b+1])). Returns the hidden states
+  // [N, D] of every token; no token sees another sequence, so each sequence's outputs equal a run
+  // of it alone. Initial states: rows `rows` (int64 [S], repeats allowed) of `from`, read in place
+  // and left untouched, when `from` is given; else empty. `out` (optional, must be empty) receives
+  // every sequence's final state (S rows). The linear layers see one [N, D] matrix whatever the
+  // lengths, so mixed-length batches cost no padding.
+  torch::Tensor hidden_packed(const torch::Tensor& ids, const std::vector<int64_t>& lens, LmState* out,
+                              const ForwardOptions& opts = {}, const LmState* from = nullptr,
+                              const torch::Tensor& rows = {}) const;
 
   // fla tensor names and tensors (checkpoint dtype), in a stable order, for writing.
   std::vector<std::pair<std::string, torch::Tensor>> named_tensors() const;
@@ -115,10 +117,20 @@ class LinearLM {
   void save(const std::string& dir) const;
 
  private:
-  torch::Tensor layer_forward(int64_t li, const torch::Tensor& h, LayerState* st, const ForwardOptions& opts,
-                              const QkObserver& observer, const torch::Tensor& valid) const;
-  torch::Tensor hidden_impl(const torch::Tensor& ids, const torch::Tensor& valid, LmState* state,
-                            const ForwardOptions& opts, const QkObserver& observer) const;
+  // Where a layer's recurrent state comes from and goes: `st` (read unless `from` is set, then
+  // replaced) and/or rows `rows` of `from` (read only). `lens`: h is [1, N, D] holding packed
+  // sequences of these lengths.
+  struct StateIo {
+    LayerState* st = nullptr;
+    const LayerState* from = nullptr;
+    torch::Tensor rows;
+    const std::vector<int64_t>* lens = nullptr;
+  };
+  torch::Tensor layer_forward(int64_t li, const torch::Tensor& h, const StateIo& io, const ForwardOptions& opts,
+                              const QkObserver& observer) const;
+  torch::Tensor run_layers(const torch::Tensor& ids, LmState* state, const ForwardOptions& opts,
+                           const QkObserver& observer, const LmState* from, const torch::Tensor& rows,
+                           const std::vector<int64_t>* lens) const;
   ModelConfig cfg_;
   LmWeights w_;
 };

@@ -87,5 +87,30 @@ TEST(ShortConv, Bias) {
   EXPECT_DOUBLE_EQ(y[0][0][1].item<double>(), -2.0);
 }
 
+// Packed sequences: each equals its own conv (zero start, then from a cache), windows never cross
+// sequences, and the new caches equal those of separate runs (incl. sequences shorter than K-1).
+TEST(ShortConv, VarlenEqualsEachSequenceAlone) {
+  torch::manual_seed(4);
+  const std::vector<int64_t> lens = {7, 1, 2, 5};
+  const int64_t C = 3, K = 4, N = 15;
+  auto x = torch::randn({N, C}, torch::kFloat64);
+  auto w = torch::randn({C, 1, K}, torch::kFloat64);
+  auto cache = torch::randn({4, C, K - 1}, torch::kFloat64);
+  for (bool with_cache : {false, true}) {
+    torch::Tensor next;
+    auto y = causal_conv1d_varlen(x, lens, w, {}, with_cache ? cache : torch::Tensor(), &next);
+    int64_t at = 0;
+    for (std::size_t b = 0; b < lens.size(); ++b) {
+      const auto i = static_cast<int64_t>(b);
+      torch::Tensor ref_next;
+      auto ref = causal_conv1d(x.narrow(0, at, lens[b]).unsqueeze(0), w, {},
+                               with_cache ? cache.narrow(0, i, 1) : torch::Tensor(), &ref_next)[0];
+      EXPECT_LT((y.narrow(0, at, lens[b]) - ref).abs().max().item<double>(), 1e-12) << "sequence " << b;
+      EXPECT_TRUE(torch::equal(next[i], ref_next[0])) << "sequence " << b;
+      at += lens[b];
+    }
+  }
+}
+
 }  // namespace
 }  // namespace rankprune

@@ -252,36 +252,74 @@ TEST(LinearLM, BatchRowsAreIndependent) {
   EXPECT_LT(rel_err(both[1], m.forward(as_batch(b), nullptr, o)[0]), kTolF64);
 }
 
-// Left padding is invisible: every row's hidden states and final state equal its own run alone,
-// for every architecture variant (incl. qk_norm=sum, whose padded k would be 0/0) and both scans.
-TEST(LinearLM, LeftPaddedBatchEqualsEachRowAlone) {
+// Packing is invisible: every packed sequence's hidden states and final state equal its own run
+// alone, for every architecture variant and both scans (incl. sequences shorter than the conv).
+TEST(LinearLM, PackedSequencesEqualEachAlone) {
   for (const auto& v : all_variants()) {
     auto m = make_model(v, 81);
-    for (auto impl : {DeltaRuleImpl::Recurrent, DeltaRuleImpl::Chunked}) {
+    for (auto impl : {DeltaRuleImpl::Recurrent, DeltaRuleImpl::Chunked, DeltaRuleImpl::Auto}) {
+      SCOPED_TRACE(cat(v.name(), " impl ", static_cast<int>(impl)));
       ForwardOptions o{torch::kFloat64, impl, 16};
-      const std::vector<int64_t> lens = {37, 5, 1, 20};
-      const int64_t T = 37, B = static_cast<int64_t>(lens.size());
-      auto ids = torch::zeros({B, T}, torch::kLong);
-      auto valid = torch::zeros({B, T}, torch::kBool);
-      std::vector<std::vector<int64_t>> rows;
-      for (int64_t b = 0; b < B; ++b) {
-        rows.push_back(random_ids(lens[b], m.config().vocab_size, 100 + b));
-        for (int64_t t = 0; t < lens[b]; ++t) {
-          ids[b][T - lens[b] + t] = rows[b][t];
-          valid[b][T - lens[b] + t] = true;
-        }
-        ids[b].narrow(0, 0, T - lens[b]).fill_(3);  // padding token: any id
+      const std::vector<int64_t> lens = {37, 5, 1, 20, 2};
+      std::vector<std::vector<int64_t>> seqs;
+      std::vector<int64_t> flat;
+      for (std::size_t b = 0; b < lens.size(); ++b) {
+        seqs.push_back(random_ids(lens[b], m.config().vocab_size, 100 + b));
+        flat.insert(flat.end(), seqs.back().begin(), seqs.back().end());
       }
       LmState st;
-      auto h = m.hidden_left_padded(ids, valid, &st, o);
-      for (int64_t b = 0; b < B; ++b) {
+      auto h = m.hidden_packed(torch::tensor(flat), lens, &st, o);
+      ASSERT_EQ(h.size(0), static_cast<int64_t>(flat.size()));
+      int64_t at = 0;
+      for (std::size_t b = 0; b < lens.size(); ++b) {
         LmState alone;
-        auto ref = m.hidden(as_batch(rows[b]), &alone, o)[0];
-        EXPECT_LT(rel_err(h[b].narrow(0, T - lens[b], lens[b]), ref), kTolF64) << static_cast<int>(v.arch) << " " << v.qk_norm << " row " << b;
-        // Continuing from the padded batch's state equals continuing from the row's own state.
+        auto ref = m.hidden(as_batch(seqs[b]), &alone, o)[0];
+        EXPECT_LT(rel_err(h.narrow(0, at, lens[b]), ref), kTolF64) << "sequence " << b;
+        // Continuing from the packed run's state equals continuing from the sequence's own state.
         auto next = as_batch({7, 8, 9});
-        LmState mine = st.select(torch::tensor({b}));
-        EXPECT_LT(rel_err(m.hidden(next, &mine, o), m.hidden(next, &alone, o)), kTolF64) << "row " << b;
+        LmState mine = st.select(torch::tensor({static_cast<int64_t>(b)}));
+        EXPECT_LT(rel_err(m.hidden(next, &mine, o), m.hidden(next, &alone, o)), kTolF64) << "sequence " << b;
+        at += lens[b];
+      }
+    }
+  }
+}
+
+// Packed continuations from rows of a shared state (read in place, repeats allowed) equal full
+// runs of context + continuation, and leave the shared state untouched.
+TEST(LinearLM, PackedContinuationsFromASharedStateEqualFullRuns) {
+  for (const auto& v : all_variants()) {
+    auto m = make_model(v, 43);
+    for (auto impl : {DeltaRuleImpl::Recurrent, DeltaRuleImpl::Chunked}) {
+      SCOPED_TRACE(cat(v.name(), impl == DeltaRuleImpl::Chunked ? " chunked" : " recurrent"));
+      ForwardOptions o{torch::kFloat64, impl, 4};
+      const int64_t Tc = 9;
+      std::vector<std::vector<int64_t>> ctx;
+      for (int64_t g = 0; g < 3; ++g) ctx.push_back(random_ids(Tc, m.config().vocab_size, 200 + g));
+      LmState st;
+      m.hidden(torch::stack({torch::tensor(ctx[0]), torch::tensor(ctx[1]), torch::tensor(ctx[2])}), &st, o);
+      const LmState before = st.clone();
+      const std::vector<int64_t> rows = {2, 0, 1, 0, 2};
+      const std::vector<int64_t> lens = {6, 1, 3, 7, 2};
+      std::vector<int64_t> flat;
+      for (std::size_t i = 0; i < lens.size(); ++i) {
+        auto c = random_ids(lens[i], m.config().vocab_size, 300 + i);
+        flat.insert(flat.end(), c.begin(), c.end());
+      }
+      auto got = m.hidden_packed(torch::tensor(flat), lens, nullptr, o, &st, torch::tensor(rows));
+      int64_t at = 0;
+      for (std::size_t i = 0; i < lens.size(); ++i) {
+        auto full = ctx[static_cast<std::size_t>(rows[i])];
+        full.insert(full.end(), flat.begin() + at, flat.begin() + at + lens[i]);
+        auto ref = m.hidden(as_batch(full), nullptr, o).index({0, Slice(Tc, Tc + lens[i])});
+        EXPECT_LT(rel_err(got.narrow(0, at, lens[i]), ref), kTolF64) << "row " << i;
+        at += lens[i];
+      }
+      for (std::size_t l = 0; l < st.layers.size(); ++l) {
+        EXPECT_TRUE(torch::equal(st.layers[l].s, before.layers[l].s)) << "layer " << l;
+        if (st.layers[l].conv_k.defined()) {
+          EXPECT_TRUE(torch::equal(st.layers[l].conv_k, before.layers[l].conv_k));
+        }
       }
     }
   }
