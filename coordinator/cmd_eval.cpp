@@ -26,7 +26,7 @@ void add_eval_options(po::options_description& d, const std::string& batch_optio
       (seq_len_option.c_str(), po::value<int64_t>()->default_value(2048), "chunk length of wikitext's token_perplexity")
       ("add-bos-token", po::value<std::string>()->default_value("true"),
        "BOS before every encoded string as lm-eval with the fla tokenizers; false = lm-eval <= 0.4.9.1")
-      (batch_option.c_str(), po::value<int64_t>()->default_value(16), "evaluation requests per forward pass")
+      (batch_option.c_str(), po::value<int64_t>()->default_value(16), "evaluation requests (multiple choice: items, all their choices at once) per packed forward pass")
       ("reuse-state", po::value<std::string>()->default_value("true"),
        "multiple choice: run the shared context once and copy its state for every choice")
       ("data-dir", po::value<std::string>(),
