@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "common/error.h"
+#include "kernels/cpu_clones.h"
+#include "kernels/threads.h"
 
 namespace rankprune {
 namespace {
@@ -139,53 +141,39 @@ DeltaRuleResult delta_rule_chunked(const torch::Tensor& q_in, const torch::Tenso
 
 namespace {
 
-// One (batch, head) row of the recurrence, all T steps, state in `S` ([dk, dv] row-major, already
-// holding the initial state). Pointers are to element [.., 0, 0] of this row; `*_t` are the
-// strides between consecutive tokens (the last dimension is contiguous). Two passes per token:
-//   1. S *= exp(g_t) and pred = S^T k_t            (row by row of S)
-//   2. u = beta_t (v_t - pred); S += k_t u^T and o_t = S^T (scale q_t) (same sweep)
+// The fused recurrence works on column blocks of the state: column j of S evolves on its own
+// (S[:, j] needs only k_t, q_t, beta_t, g_t and v_t[j]), so a task is one (sequence, head, block of
+// W columns) and its [dk, W] slice of S stays in L1 for all T steps. A block is two 64-byte vectors
+// (W = 32 floats / 16 doubles); partial sums over 4 rows at a time keep 8 independent FMA chains
+// in flight. Per token, two sweeps over the block:
+//   1. S *= exp(g_t) and pred = S^T k_t
+//   2. u = beta_t (v_t - pred); S += k_t u^T and o_t = S^T (scale q_t)
+// GCC/Clang vector types: each target_clones variant lowers them to AVX-512, AVX2 or SSE.
+// The helpers taking/returning 64-byte vectors are always inlined, so the ABI note GCC gives for
+// them (-Wpsabi) does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 template <typename T>
-inline __attribute__((always_inline)) void scan_row(T* __restrict S, T* __restrict pred, T* __restrict acc,
-                                                    const T* q, const T* k, const T* v, const T* beta,
-                                                    const T* g, T* o, int64_t steps, int64_t dk, int64_t dv,
-                                                    int64_t q_t, int64_t k_t, int64_t v_t, int64_t b_t, int64_t g_t,
-                                                    int64_t o_t, T scale) {
-  for (int64_t t = 0; t < steps; ++t) {
-    const T* qt = q + t * q_t;
-    const T* kt = k + t * k_t;
-    const T* vt = v + t * v_t;
-    T* ot = o + t * o_t;
-    for (int64_t j = 0; j < dv; ++j) pred[j] = 0;
-    if (g) {
-      const T d = std::exp(g[t * g_t]);
-      for (int64_t i = 0; i < dk; ++i) {
-        T* __restrict row = S + i * dv;
-        const T ki = kt[i];
-        for (int64_t j = 0; j < dv; ++j) {
-          row[j] *= d;
-          pred[j] += ki * row[j];
-        }
-      }
-    } else {
-      for (int64_t i = 0; i < dk; ++i) {
-        const T* __restrict row = S + i * dv;
-        const T ki = kt[i];
-        for (int64_t j = 0; j < dv; ++j) pred[j] += ki * row[j];
-      }
-    }
-    const T bt = beta[t * b_t];
-    for (int64_t j = 0; j < dv; ++j) pred[j] = bt * (vt[j] - pred[j]);  // pred now holds u
-    for (int64_t j = 0; j < dv; ++j) acc[j] = 0;
-    for (int64_t i = 0; i < dk; ++i) {
-      T* __restrict row = S + i * dv;
-      const T ki = kt[i], qi = scale * qt[i];
-      for (int64_t j = 0; j < dv; ++j) {
-        row[j] += ki * pred[j];
-        acc[j] += qi * row[j];
-      }
-    }
-    for (int64_t j = 0; j < dv; ++j) ot[j] = acc[j];
-  }
+struct Vec {
+  static constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+  typedef T type __attribute__((vector_size(64)));
+};
+
+template <typename T>
+using vec_t = typename Vec<T>::type;
+
+// Helpers and loop bodies are always_inline so that each target_clones variant compiles them for
+// its own instruction set (an out-of-line template would be built for the baseline only).
+#define RP_INLINE inline __attribute__((always_inline))
+
+template <typename T>
+RP_INLINE vec_t<T> vload(const T* p) {
+  vec_t<T> x;
+  __builtin_memcpy(&x, p, sizeof(x));
+  return x;
+}
+template <typename T>
+RP_INLINE void vstore(T* p, vec_t<T> x) {
+  __builtin_memcpy(p, &x, sizeof(x));
 }
 
 struct ScanArgs {
@@ -200,12 +188,24 @@ struct ScanArgs {
 };
 
 template <typename T>
-void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
-  const int64_t dk = a.dk, dv = a.dv;
-  std::vector<T> buf(static_cast<std::size_t>(dk * dv + 2 * dv));
+constexpr int64_t block_cols() {
+  return 2 * Vec<T>::kLanes;
+}
+
+// One (sequence, head, column block) task per index in [begin, end); tasks are numbered
+// (sequence * H + head) * blocks + block.
+template <typename T>
+RP_INLINE void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
+  using V = vec_t<T>;
+  constexpr int64_t L = Vec<T>::kLanes, W = 2 * L;
+  const int64_t dk = a.dk, dv = a.dv, nb = (dv + W - 1) / W;
+  const int64_t dk4 = dk / 4 * 4;
+  // The block's state [dk, W] and a padded copy of v_t's block (zeros past dv, so the padding
+  // columns of S stay zero and are never written out).
+  std::vector<T> buf(static_cast<std::size_t>(dk * W + W), T(0));
   T* S = buf.data();
-  T* pred = S + dk * dv;
-  T* acc = pred + dv;
+  T* vb = S + dk * W;
+  T ob[W];
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
   const T* v = static_cast<const T*>(a.v);
@@ -214,32 +214,87 @@ void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
   const T* s0 = static_cast<const T*>(a.s0);
   T* o = static_cast<T*>(a.o);
   T* s_out = static_cast<T*>(a.s_out);
+  const T scale = static_cast<T>(a.scale);
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t b = task / a.H, h = task % a.H;
+    const int64_t bh = task / nb, blk = task % nb;
+    const int64_t b = bh / a.H, h = bh % a.H;
+    const int64_t j0 = blk * W, w = std::min(W, dv - j0);
     const int64_t row = a.lens ? 0 : b, t0 = a.lens ? a.starts[b] : 0, steps = a.lens ? a.lens[b] : a.T;
+    std::fill(S, S + dk * W, T(0));
     if (s0) {
       const int64_t r = a.rows ? a.rows[b] : b;
-      const T* src = s0 + r * a.s0s[0] + h * a.s0s[1];
+      const T* src = s0 + r * a.s0s[0] + h * a.s0s[1] + j0 * a.s0s[3];
       for (int64_t i = 0; i < dk; ++i)
-        for (int64_t j = 0; j < dv; ++j) S[i * dv + j] = src[i * a.s0s[2] + j * a.s0s[3]];
-    } else {
-      std::fill(S, S + dk * dv, T(0));
+        for (int64_t j = 0; j < w; ++j) S[i * W + j] = src[i * a.s0s[2] + j * a.s0s[3]];
     }
-    auto at = [&](const T* base, const int64_t* st) { return base + row * st[0] + h * st[1] + t0 * st[2]; };
-    scan_row<T>(S, pred, acc, at(q, a.qs), at(k, a.ks), at(v, a.vs), at(beta, a.bs), g ? at(g, a.gs) : nullptr,
-                o + row * a.os[0] + h * a.os[1] + t0 * a.os[2], steps, dk, dv, a.qs[2], a.ks[2], a.vs[2], a.bs[2],
-                a.gs[2], a.os[2], static_cast<T>(a.scale));
-    if (s_out) std::copy(S, S + dk * dv, s_out + task * dk * dv);
+    std::fill(vb, vb + W, T(0));
+    const T* qt = q + row * a.qs[0] + h * a.qs[1] + t0 * a.qs[2];
+    const T* kt = k + row * a.ks[0] + h * a.ks[1] + t0 * a.ks[2];
+    const T* vt = v + row * a.vs[0] + h * a.vs[1] + t0 * a.vs[2] + j0;
+    const T* bt = beta + row * a.bs[0] + h * a.bs[1] + t0 * a.bs[2];
+    const T* gt = g ? g + row * a.gs[0] + h * a.gs[1] + t0 * a.gs[2] : nullptr;
+    T* ot = o + row * a.os[0] + h * a.os[1] + t0 * a.os[2] + j0;
+    for (int64_t t = 0; t < steps; ++t, qt += a.qs[2], kt += a.ks[2], vt += a.vs[2], bt += a.bs[2], ot += a.os[2]) {
+      // Sweep 1: decay, then pred = S^T k.
+      V p[4][2] = {};
+      if (gt) {
+        const T d = std::exp(gt[t * a.gs[2]]);
+        for (int64_t i = 0; i < dk; ++i) {
+          T* r = S + i * W;
+          const V s_lo = vload(r) * d, s_hi = vload(r + L) * d;
+          vstore(r, s_lo), vstore(r + L, s_hi);
+          p[i & 3][0] += kt[i] * s_lo;
+          p[i & 3][1] += kt[i] * s_hi;
+        }
+      } else {
+        int64_t i = 0;
+        for (; i < dk4; i += 4)
+          for (int u = 0; u < 4; ++u) {
+            const T* r = S + (i + u) * W;
+            p[u][0] += kt[i + u] * vload(r);
+            p[u][1] += kt[i + u] * vload(r + L);
+          }
+        for (; i < dk; ++i) {
+          const T* r = S + i * W;
+          p[0][0] += kt[i] * vload(r);
+          p[0][1] += kt[i] * vload(r + L);
+        }
+      }
+      std::copy(vt, vt + w, vb);
+      const T bt_ = *bt;
+      const V u_lo = bt_ * (vload(vb) - ((p[0][0] + p[1][0]) + (p[2][0] + p[3][0])));
+      const V u_hi = bt_ * (vload(vb + L) - ((p[0][1] + p[1][1]) + (p[2][1] + p[3][1])));
+      // Sweep 2: S += k u^T, o = S^T (scale q).
+      V acc[4][2] = {};
+      int64_t i = 0;
+      for (; i < dk4; i += 4)
+        for (int u = 0; u < 4; ++u) {
+          T* r = S + (i + u) * W;
+          const V s_lo = vload(r) + kt[i + u] * u_lo, s_hi = vload(r + L) + kt[i + u] * u_hi;
+          vstore(r, s_lo), vstore(r + L, s_hi);
+          const T qi = scale * qt[i + u];
+          acc[u][0] += qi * s_lo;
+          acc[u][1] += qi * s_hi;
+        }
+      for (; i < dk; ++i) {
+        T* r = S + i * W;
+        const V s_lo = vload(r) + kt[i] * u_lo, s_hi = vload(r + L) + kt[i] * u_hi;
+        vstore(r, s_lo), vstore(r + L, s_hi);
+        const T qi = scale * qt[i];
+        acc[0][0] += qi * s_lo;
+        acc[0][1] += qi * s_hi;
+      }
+      vstore(ob, (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]));
+      vstore(ob + L, (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]));
+      std::copy(ob, ob + w, ot);
+    }
+    if (s_out) {
+      T* dst = s_out + bh * dk * dv + j0;
+      for (int64_t i = 0; i < dk; ++i) std::copy(S + i * W, S + i * W + w, dst + i * dv);
+    }
   }
 }
 
-// The same code compiled twice where the compiler can dispatch on the CPU (AVX2 + FMA, else the
-// baseline), so one binary is fast on current x86 nodes and still runs everywhere.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RP_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define RP_CPU_CLONES
-#endif
 RP_CPU_CLONES void scan_rows_f32(const ScanArgs& a, int64_t begin, int64_t end) { scan_rows<float>(a, begin, end); }
 RP_CPU_CLONES void scan_rows_f64(const ScanArgs& a, int64_t begin, int64_t end) { scan_rows<double>(a, begin, end); }
 
@@ -315,7 +370,9 @@ DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q_in, const torch:
     if (g.defined()) a.gs[d] = g.stride(d);
   }
   const bool f64 = ct == torch::kFloat64;
-  at::parallel_for(0, S * H, 1, [&](int64_t begin, int64_t end) {
+  const int64_t blocks = (dv + (f64 ? block_cols<double>() : block_cols<float>()) - 1) /
+                        (f64 ? block_cols<double>() : block_cols<float>());
+  parallel_ranges(S * H * blocks, [&](int64_t begin, int64_t end) {
     f64 ? scan_rows_f64(a, begin, end) : scan_rows_f32(a, begin, end);
   });
   return {o.to(v_in.scalar_type()), s_out};
@@ -365,8 +422,13 @@ DeltaRuleResult delta_rule_varlen(const torch::Tensor& q, const torch::Tensor& k
 DeltaRuleResult delta_rule(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                            const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0, double scale,
                            DeltaRuleImpl impl, int64_t chunk_size, const torch::Tensor& s0_rows, bool want_state) {
-  const bool recurrent = impl == DeltaRuleImpl::Recurrent || (impl == DeltaRuleImpl::Auto && q.size(2) <= 64);
-  if (recurrent && fused_cpu_applies(q, k, v, beta, g, s0))
+  // Auto: fla's dispatch (the recurrence for T <= 64, else chunks) where autograd or a GPU runs it;
+  // on CPU without autograd the fused loop at every length (4-5x faster than chunks at T = 512 and
+  // 2048, docs/benchmarks.md).
+  const bool fused = fused_cpu_applies(q, k, v, beta, g, s0);
+  const bool recurrent = impl == DeltaRuleImpl::Recurrent ||
+                         (impl == DeltaRuleImpl::Auto && (q.size(2) <= 64 || fused));
+  if (recurrent && fused)
     return delta_rule_recurrent_cpu(q, k, v, beta, g, s0, scale, s0_rows, want_state);
   const torch::Tensor init = s0_rows.defined() ? s0.index_select(0, s0_rows.to(s0.device())) : s0;
   auto r = recurrent ? delta_rule_recurrent(q, k, v, beta, g, init, scale)

@@ -9,10 +9,12 @@
 //  - delta_rule_recurrent: one token at a time in torch ops. The readable reference (what fla's
 //    fused_recurrent kernels and naive_recurrent_* compute). O(T) sequential steps, each a few
 //    batched matmuls over the whole [B, H, dk, dv] state; works on any device, differentiable.
-//  - delta_rule_recurrent_cpu: the same recurrence as one fused CPU loop per (batch, head) whose
-//    [dk, dv] state stays in a cache-resident buffer for all T steps (two passes over it per
-//    token, no temporaries). Forward only; float32/float64 CPU tensors (bf16/f16 computed in
-//    float32). Its initial state can be read in place from rows of a bigger state (`s0_rows`),
+//  - delta_rule_recurrent_cpu: the same recurrence as one fused CPU loop per (batch, head, block
+//    of state columns) — columns of S evolve independently — whose [dk, 32] slice of the state
+//    stays in L1 for all T steps (two vectorised sweeps per token, no temporaries; AVX-512, AVX2
+//    or baseline code picked at load time); the tasks are split over kernel_threads()
+//    (kernels/threads.h), with bit-identical results for any thread count. Forward only;
+//    float32/float64 CPU tensors (bf16/f16 computed in float32). Its initial state can be read in place from rows of a bigger state (`s0_rows`),
 //    and the final state can be skipped: scoring continuations from a shared context copies no
 //    state at all.
 //  - delta_rule_chunked: the WY/UT form in chunks of C tokens (fla's chunk kernels). All
@@ -58,9 +60,10 @@ DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q, const torch::Te
 
 enum class DeltaRuleImpl { Auto, Recurrent, Chunked };
 
-// fla's dispatch: the recurrence for T <= 64 (inference), otherwise chunks. `chunk_size` only
-// affects the chunked path. The recurrence runs as delta_rule_recurrent_cpu on CPU when no
-// gradient is needed, else as delta_rule_recurrent. `s0_rows` / `want_state` as above (the other
+// Auto is fla's dispatch — the recurrence for T <= 64 (inference), otherwise chunks — except on
+// CPU without autograd, where the fused recurrence runs at every length (it is faster than chunks
+// there at any T). `chunk_size` only affects the chunked path. The recurrence runs as
+// delta_rule_recurrent_cpu on CPU when no gradient is needed, else as delta_rule_recurrent. `s0_rows` / `want_state` as above (the other
 // paths gather the rows and drop the state).
 DeltaRuleResult delta_rule(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                            const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0,

@@ -69,7 +69,7 @@ struct LmState {
 
 struct ForwardOptions {
   torch::ScalarType dtype = torch::kFloat32;    // compute dtype
-  DeltaRuleImpl impl = DeltaRuleImpl::Auto;     // fla: recurrent for T <= 64, else chunked
+  DeltaRuleImpl impl = DeltaRuleImpl::Auto;     // fla: recurrent for T <= 64, else chunked (CPU, no grad: fused recurrence)
   int64_t chunk_size = 64;
 };
 

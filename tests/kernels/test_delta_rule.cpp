@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/delta_rule.h"
+#include "kernels/threads.h"
 
 namespace rankprune {
 namespace {
@@ -207,6 +208,26 @@ TEST(DeltaRule, FusedCpuMatchesTorchRecurrenceOnStridedInputs) {
   }
 }
 
+// The fused loop splits (sequence, head, column block) tasks over kernel_threads(): the result is
+// bit-identical whatever the thread count, at the fla-340M head shape (dk = dv = 128: four column
+// blocks in float32) and with a ragged last block (dv = 100).
+TEST(DeltaRule, FusedCpuResultDoesNotDependOnThreadCount) {
+  for (const int64_t dv : {128, 100}) {
+    auto in = make_inputs(3, 4, 20, 128, dv, true, true, torch::kFloat32, 41);
+    set_cpu_threads(1);
+    auto one = delta_rule_recurrent_cpu(in.q, in.k, in.v, in.beta, in.g, in.s0, 0.09);
+    set_cpu_threads(3);
+    ASSERT_EQ(kernel_threads(), 3);
+    auto three = delta_rule_recurrent_cpu(in.q, in.k, in.v, in.beta, in.g, in.s0, 0.09);
+    set_cpu_threads(1);
+    EXPECT_TRUE(torch::equal(one.o, three.o)) << "dv " << dv;
+    EXPECT_TRUE(torch::equal(one.s, three.s)) << "dv " << dv;
+    auto ref = delta_rule_recurrent(in.q, in.k, in.v, in.beta, in.g, in.s0, 0.09);
+    EXPECT_LT(rel_err(one.o, ref.o), kTolF32) << "dv " << dv;
+    EXPECT_LT(rel_err(one.s, ref.s), kTolF32) << "dv " << dv;
+  }
+}
+
 TEST(DeltaRule, FusedCpuComputesBf16InFloat32) {
   auto in = make_inputs(2, 2, 9, 16, 8, true, true, torch::kFloat32, 11);
   auto bf = [](const torch::Tensor& x) { return x.to(torch::kBFloat16); };
@@ -256,6 +277,20 @@ TEST(DeltaRule, AutoDispatchFollowsFla) {
   auto a = delta_rule(in.q, in.k, in.v, in.beta, {}, {}, 0.5);
   auto b = delta_rule_recurrent_cpu(in.q, in.k, in.v, in.beta, {}, {}, 0.5);
   EXPECT_TRUE(torch::equal(a.o, b.o));
+}
+
+// Above 64 tokens Auto takes chunks under autograd (fla) but the fused recurrence on CPU without
+// it; both compute the recurrence.
+TEST(DeltaRule, AutoDispatchOnCpuWithoutGradientIsFusedAtAnyLength) {
+  auto in = make_inputs(1, 2, 150, 8, 8, true, true, torch::kFloat64, 4);
+  auto fused = delta_rule(in.q, in.k, in.v, in.beta, in.g, in.s0, 0.5);
+  EXPECT_TRUE(torch::equal(fused.o, delta_rule_recurrent_cpu(in.q, in.k, in.v, in.beta, in.g, in.s0, 0.5).o));
+  auto k = in.k.clone().requires_grad_(true);
+  auto chunked = delta_rule(in.q, k, in.v, in.beta, in.g, in.s0, 0.5);
+  ASSERT_TRUE(chunked.o.requires_grad());
+  auto ref = delta_rule_chunked(in.q, in.k, in.v, in.beta, in.g, in.s0, 0.5);
+  EXPECT_TRUE(torch::equal(chunked.o.detach(), ref.o));
+  EXPECT_LT(rel_err(fused.o, ref.o), kTolF64);
 }
 
 }  // namespace

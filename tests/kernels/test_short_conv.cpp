@@ -112,5 +112,35 @@ TEST(ShortConv, VarlenEqualsEachSequenceAlone) {
   }
 }
 
+// Without autograd, float32/float64 CPU inputs take the direct loop; with a gradient to compute
+// the torch conv1d path runs. Both give the same outputs and caches (bias, cache, packed
+// sequences, float32), and the gradient path still differentiates.
+TEST(ShortConv, DirectLoopEqualsTorchConv) {
+  torch::manual_seed(5);
+  const int64_t B = 3, T = 6, C = 40, K = 4;
+  auto x = torch::randn({B, T, C});
+  auto w = torch::randn({C, 1, K});
+  auto bias = torch::randn({C});
+  auto cache = torch::randn({B, C, K - 1});
+  torch::Tensor nc_direct, nc_torch;
+  auto direct = causal_conv1d(x, w, bias, cache, &nc_direct);
+  auto xg = x.clone().requires_grad_(true);
+  auto viatorch = causal_conv1d(xg, w, bias, cache, &nc_torch);
+  ASSERT_TRUE(viatorch.requires_grad());
+  EXPECT_LT((direct - viatorch.detach()).abs().max().item<double>(), 1e-5);
+  EXPECT_TRUE(torch::equal(nc_direct, nc_torch.detach()));
+  viatorch.sum().backward();
+  EXPECT_TRUE(xg.grad().defined());
+
+  const std::vector<int64_t> lens = {5, 1, 2, 9};
+  auto xp = torch::randn({17, C});
+  auto cp = torch::randn({4, C, K - 1});
+  torch::Tensor pc_direct, pc_torch;
+  auto pd = causal_conv1d_varlen(xp, lens, w, bias, cp, &pc_direct);
+  auto pt = causal_conv1d_varlen(xp.clone().requires_grad_(true), lens, w, bias, cp, &pc_torch);
+  EXPECT_LT((pd - pt.detach()).abs().max().item<double>(), 1e-5);
+  EXPECT_TRUE(torch::equal(pc_direct, pc_torch.detach()));
+}
+
 }  // namespace
 }  // namespace rankprune

@@ -1,0 +1,12 @@
+// RP_CPU_CLONES: a function compiled several times, for AVX-512 (x86-64-v4), AVX2 + FMA
+// (x86-64-v3) and the baseline, with the best one chosen at load time from the CPU it runs on.
+// One binary is then fast on current x86 nodes and still runs everywhere. Used on the hand-written
+// CPU loops (delta-rule scan, short convolution); LibTorch's and OpenBLAS's kernels dispatch
+// themselves.
+#pragma once
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RP_CPU_CLONES
+#endif
