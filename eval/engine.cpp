@@ -122,13 +122,6 @@ std::vector<Score> Scorer::score(const std::vector<Request>& requests, const Pro
 
 std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<const Group*>& batch) const {
   const auto G = static_cast<int64_t>(batch.size());
-  // Contexts, packed: each group's state ends at its own last token.
-  std::vector<const std::vector<int>*> ctx;
-  for (const auto* g : batch) ctx.push_back(&g->context);
-  std::vector<int64_t> ctx_lens, ctx_starts;
-  const auto ctx_ids = packed(ctx, &ctx_lens, &ctx_starts);
-  LmState st;
-  auto hc = model_.hidden_packed(ctx_ids, ctx_lens, &st, opts_.forward);
   // Continuation rows r = (group, choice) in input order.
   std::vector<int64_t> group_of;
   std::vector<int> first_tok;
@@ -141,13 +134,34 @@ std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<cons
       cont_targets.emplace_back(c.begin() + 1, c.end());
     }
   const auto R = group_of.size();
+  // One packed forward: the batch's contexts, then every continuation with something left to
+  // score, each continuing its group's context (LinearLM::hidden_packed's parents): the context
+  // runs once and its state never leaves the scan. Single-token continuations have nothing left:
+  // log P = 0 and (vacuously) greedy.
+  std::vector<const std::vector<int>*> seqs;
+  std::vector<int64_t> parents;
+  for (const auto* g : batch) {
+    seqs.push_back(&g->context);
+    parents.push_back(-1);
+  }
+  std::vector<std::size_t> todo;
+  std::vector<std::vector<int>> targets;
+  for (std::size_t r = 0; r < R; ++r) {
+    if (cont_inputs[r].empty()) continue;
+    todo.push_back(r);
+    seqs.push_back(&cont_inputs[r]);
+    parents.push_back(group_of[r]);
+    targets.push_back(cont_targets[r]);
+  }
+  std::vector<int64_t> lens, starts;
+  const auto h = model_.hidden_packed(packed(seqs, &lens, &starts), lens, nullptr, opts_.forward, nullptr, {}, &parents);
   // The last context position predicts every continuation's first token: its logits are computed
   // once per group (not once per choice) and read for each choice.
   std::vector<Score> s0(R);
   {
     std::vector<int64_t> last_pos;
-    for (int64_t g = 0; g < G; ++g) last_pos.push_back(ctx_starts[static_cast<std::size_t>(g)] + ctx_lens[static_cast<std::size_t>(g)] - 1);
-    const auto last = hc.index_select(0, torch::tensor(last_pos));  // [G, D]
+    for (int64_t g = 0; g < G; ++g) last_pos.push_back(starts[static_cast<std::size_t>(g)] + lens[static_cast<std::size_t>(g)] - 1);
+    const auto last = h.index_select(0, torch::tensor(last_pos));  // [G, D]
     const auto lt = last.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
     const int64_t step = logit_rows_per_chunk(model_.config().vocab_size);
     for (int64_t lo = 0; lo < G; lo += step) {
@@ -164,26 +178,10 @@ std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<cons
       }
     }
   }
-  // The rest of every continuation of the batch in one packed forward, each from its group's
-  // state (read in place, never copied). Single-token continuations have nothing left to score:
-  // log P = 0 and (vacuously) greedy.
   std::vector<Score> s1(R, Score{0.0, true});
-  std::vector<std::size_t> todo;
-  for (std::size_t r = 0; r < R; ++r)
-    if (!cont_inputs[r].empty()) todo.push_back(r);
   if (!todo.empty()) {
-    std::vector<const std::vector<int>*> rows;
-    std::vector<int64_t> state_rows;
-    std::vector<std::vector<int>> targets;
-    for (const std::size_t r : todo) {
-      rows.push_back(&cont_inputs[r]);
-      state_rows.push_back(group_of[r]);
-      targets.push_back(cont_targets[r]);
-    }
-    std::vector<int64_t> lens, first;
-    auto hk = model_.hidden_packed(packed(rows, &lens, &first), lens, nullptr, opts_.forward, &st,
-                                   torch::tensor(state_rows));
-    auto s = score_positions(hk, first, targets);
+    const std::vector<int64_t> first(starts.begin() + G, starts.end());
+    auto s = score_positions(h, first, targets);
     for (std::size_t k = 0; k < todo.size(); ++k) s1[todo[k]] = s[k];
   }
   std::vector<std::vector<Score>> out(batch.size());

@@ -183,6 +183,9 @@ struct ScanArgs {
   const int64_t* rows;                     // s0 row per sequence, or null (sequence b -> row b)
   const int64_t* starts;                   // packed: first token of each sequence (input row 0)
   const int64_t* lens;                     // packed: its length; null -> sequence b = input row b
+  // Task roots: sequence roots[r] runs from s0 / zeros, then each of children[first[r]..first[r+1])
+  // from roots[r]'s final state.
+  const int64_t *roots, *first, *children;
   int64_t qs[4], ks[4], vs[4], bs[3], gs[3], s0s[4], os[4];  // element strides
   double scale;
 };
@@ -192,19 +195,21 @@ constexpr int64_t block_cols() {
   return 2 * Vec<T>::kLanes;
 }
 
-// One (sequence, head, column block) task per index in [begin, end); tasks are numbered
-// (sequence * H + head) * blocks + block.
+// One (root sequence, head, column block) task per index in [begin, end); tasks are numbered
+// (root * H + head) * blocks + block. A root's children continue from its final state, which stays
+// in L1 between them.
 template <typename T>
 RP_INLINE void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
   using V = vec_t<T>;
   constexpr int64_t L = Vec<T>::kLanes, W = 2 * L;
   const int64_t dk = a.dk, dv = a.dv, nb = (dv + W - 1) / W;
   const int64_t dk4 = dk / 4 * 4;
-  // The block's state [dk, W] and a padded copy of v_t's block (zeros past dv, so the padding
-  // columns of S stay zero and are never written out).
-  std::vector<T> buf(static_cast<std::size_t>(dk * W + W), T(0));
+  // The block's state [dk, W], the root's final state (for its children), and a padded copy of
+  // v_t's block (zeros past dv, so the padding columns of S stay zero and are never written out).
+  std::vector<T> buf(static_cast<std::size_t>(2 * dk * W + W), T(0));
   T* S = buf.data();
-  T* vb = S + dk * W;
+  T* S_root = S + dk * W;
+  T* vb = S_root + dk * W;
   T ob[W];
   const T* q = static_cast<const T*>(a.q);
   const T* k = static_cast<const T*>(a.k);
@@ -216,81 +221,94 @@ RP_INLINE void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
   T* s_out = static_cast<T*>(a.s_out);
   const T scale = static_cast<T>(a.scale);
   for (int64_t task = begin; task < end; ++task) {
-    const int64_t bh = task / nb, blk = task % nb;
-    const int64_t b = bh / a.H, h = bh % a.H;
+    const int64_t rh = task / nb, blk = task % nb;
+    const int64_t ri = rh / a.H, h = rh % a.H;
     const int64_t j0 = blk * W, w = std::min(W, dv - j0);
-    const int64_t row = a.lens ? 0 : b, t0 = a.lens ? a.starts[b] : 0, steps = a.lens ? a.lens[b] : a.T;
-    std::fill(S, S + dk * W, T(0));
-    if (s0) {
-      const int64_t r = a.rows ? a.rows[b] : b;
-      const T* src = s0 + r * a.s0s[0] + h * a.s0s[1] + j0 * a.s0s[3];
-      for (int64_t i = 0; i < dk; ++i)
-        for (int64_t j = 0; j < w; ++j) S[i * W + j] = src[i * a.s0s[2] + j * a.s0s[3]];
-    }
-    std::fill(vb, vb + W, T(0));
-    const T* qt = q + row * a.qs[0] + h * a.qs[1] + t0 * a.qs[2];
-    const T* kt = k + row * a.ks[0] + h * a.ks[1] + t0 * a.ks[2];
-    const T* vt = v + row * a.vs[0] + h * a.vs[1] + t0 * a.vs[2] + j0;
-    const T* bt = beta + row * a.bs[0] + h * a.bs[1] + t0 * a.bs[2];
-    const T* gt = g ? g + row * a.gs[0] + h * a.gs[1] + t0 * a.gs[2] : nullptr;
-    T* ot = o + row * a.os[0] + h * a.os[1] + t0 * a.os[2] + j0;
-    for (int64_t t = 0; t < steps; ++t, qt += a.qs[2], kt += a.ks[2], vt += a.vs[2], bt += a.bs[2], ot += a.os[2]) {
-      // Sweep 1: decay, then pred = S^T k.
-      V p[4][2] = {};
-      if (gt) {
-        const T d = std::exp(gt[t * a.gs[2]]);
-        for (int64_t i = 0; i < dk; ++i) {
-          T* r = S + i * W;
-          const V s_lo = vload(r) * d, s_hi = vload(r + L) * d;
-          vstore(r, s_lo), vstore(r + L, s_hi);
-          p[i & 3][0] += kt[i] * s_lo;
-          p[i & 3][1] += kt[i] * s_hi;
+    // The root, then each of its children from the root's final state (kept in S_root). A loop,
+    // not a lambda: a lambda body would be compiled for the baseline target, not this clone's.
+    const int64_t root = a.roots ? a.roots[ri] : ri;
+    const int64_t kids = a.first ? a.first[ri + 1] - a.first[ri] : 0;
+    for (int64_t n = -1; n < kids; ++n) {
+      const int64_t b = n < 0 ? root : a.children[a.first[ri] + n];
+      if (n < 0) {
+        std::fill(S, S + dk * W, T(0));
+        if (s0) {
+          const int64_t r = a.rows ? a.rows[b] : b;
+          const T* src = s0 + r * a.s0s[0] + h * a.s0s[1] + j0 * a.s0s[3];
+          for (int64_t i = 0; i < dk; ++i)
+            for (int64_t j = 0; j < w; ++j) S[i * W + j] = src[i * a.s0s[2] + j * a.s0s[3]];
         }
       } else {
+        if (n == 0) std::copy(S, S + dk * W, S_root);
+        std::copy(S_root, S_root + dk * W, S);
+      }
+      const int64_t row = a.lens ? 0 : b, t0 = a.lens ? a.starts[b] : 0, steps = a.lens ? a.lens[b] : a.T;
+      std::fill(vb, vb + W, T(0));
+      const T* qt = q + row * a.qs[0] + h * a.qs[1] + t0 * a.qs[2];
+      const T* kt = k + row * a.ks[0] + h * a.ks[1] + t0 * a.ks[2];
+      const T* vt = v + row * a.vs[0] + h * a.vs[1] + t0 * a.vs[2] + j0;
+      const T* bt = beta + row * a.bs[0] + h * a.bs[1] + t0 * a.bs[2];
+      const T* gt = g ? g + row * a.gs[0] + h * a.gs[1] + t0 * a.gs[2] : nullptr;
+      T* ot = o + row * a.os[0] + h * a.os[1] + t0 * a.os[2] + j0;
+      for (int64_t t = 0; t < steps;
+           ++t, qt += a.qs[2], kt += a.ks[2], vt += a.vs[2], bt += a.bs[2], ot += a.os[2]) {
+        // Sweep 1: decay, then pred = S^T k.
+        V p[4][2] = {};
+        if (gt) {
+          const T d = std::exp(gt[t * a.gs[2]]);
+          for (int64_t i = 0; i < dk; ++i) {
+            T* r = S + i * W;
+            const V s_lo = vload(r) * d, s_hi = vload(r + L) * d;
+            vstore(r, s_lo), vstore(r + L, s_hi);
+            p[i & 3][0] += kt[i] * s_lo;
+            p[i & 3][1] += kt[i] * s_hi;
+          }
+        } else {
+          int64_t i = 0;
+          for (; i < dk4; i += 4)
+            for (int u = 0; u < 4; ++u) {
+              const T* r = S + (i + u) * W;
+              p[u][0] += kt[i + u] * vload(r);
+              p[u][1] += kt[i + u] * vload(r + L);
+            }
+          for (; i < dk; ++i) {
+            const T* r = S + i * W;
+            p[0][0] += kt[i] * vload(r);
+            p[0][1] += kt[i] * vload(r + L);
+          }
+        }
+        std::copy(vt, vt + w, vb);
+        const T bt_ = *bt;
+        const V u_lo = bt_ * (vload(vb) - ((p[0][0] + p[1][0]) + (p[2][0] + p[3][0])));
+        const V u_hi = bt_ * (vload(vb + L) - ((p[0][1] + p[1][1]) + (p[2][1] + p[3][1])));
+        // Sweep 2: S += k u^T, o = S^T (scale q).
+        V acc[4][2] = {};
         int64_t i = 0;
         for (; i < dk4; i += 4)
           for (int u = 0; u < 4; ++u) {
-            const T* r = S + (i + u) * W;
-            p[u][0] += kt[i + u] * vload(r);
-            p[u][1] += kt[i + u] * vload(r + L);
+            T* r = S + (i + u) * W;
+            const V s_lo = vload(r) + kt[i + u] * u_lo, s_hi = vload(r + L) + kt[i + u] * u_hi;
+            vstore(r, s_lo), vstore(r + L, s_hi);
+            const T qi = scale * qt[i + u];
+            acc[u][0] += qi * s_lo;
+            acc[u][1] += qi * s_hi;
           }
         for (; i < dk; ++i) {
-          const T* r = S + i * W;
-          p[0][0] += kt[i] * vload(r);
-          p[0][1] += kt[i] * vload(r + L);
-        }
-      }
-      std::copy(vt, vt + w, vb);
-      const T bt_ = *bt;
-      const V u_lo = bt_ * (vload(vb) - ((p[0][0] + p[1][0]) + (p[2][0] + p[3][0])));
-      const V u_hi = bt_ * (vload(vb + L) - ((p[0][1] + p[1][1]) + (p[2][1] + p[3][1])));
-      // Sweep 2: S += k u^T, o = S^T (scale q).
-      V acc[4][2] = {};
-      int64_t i = 0;
-      for (; i < dk4; i += 4)
-        for (int u = 0; u < 4; ++u) {
-          T* r = S + (i + u) * W;
-          const V s_lo = vload(r) + kt[i + u] * u_lo, s_hi = vload(r + L) + kt[i + u] * u_hi;
+          T* r = S + i * W;
+          const V s_lo = vload(r) + kt[i] * u_lo, s_hi = vload(r + L) + kt[i] * u_hi;
           vstore(r, s_lo), vstore(r + L, s_hi);
-          const T qi = scale * qt[i + u];
-          acc[u][0] += qi * s_lo;
-          acc[u][1] += qi * s_hi;
+          const T qi = scale * qt[i];
+          acc[0][0] += qi * s_lo;
+          acc[0][1] += qi * s_hi;
         }
-      for (; i < dk; ++i) {
-        T* r = S + i * W;
-        const V s_lo = vload(r) + kt[i] * u_lo, s_hi = vload(r + L) + kt[i] * u_hi;
-        vstore(r, s_lo), vstore(r + L, s_hi);
-        const T qi = scale * qt[i];
-        acc[0][0] += qi * s_lo;
-        acc[0][1] += qi * s_hi;
+        vstore(ob, (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]));
+        vstore(ob + L, (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]));
+        std::copy(ob, ob + w, ot);
       }
-      vstore(ob, (acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]));
-      vstore(ob + L, (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]));
-      std::copy(ob, ob + w, ot);
-    }
-    if (s_out) {
-      T* dst = s_out + bh * dk * dv + j0;
-      for (int64_t i = 0; i < dk; ++i) std::copy(S + i * W, S + i * W + w, dst + i * dv);
+      if (s_out) {
+        T* dst = s_out + (b * a.H + h) * dk * dv + j0;
+        for (int64_t i = 0; i < dk; ++i) std::copy(S + i * W, S + i * W + w, dst + i * dv);
+      }
     }
   }
 }
@@ -305,7 +323,8 @@ bool needs_grad(const torch::Tensor& t) { return t.defined() && t.requires_grad(
 DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q_in, const torch::Tensor& k_in, const torch::Tensor& v_in,
                                          const torch::Tensor& beta_in, const torch::Tensor& g_in,
                                          const torch::Tensor& s0_in, double scale, const torch::Tensor& s0_rows,
-                                         bool want_state, const std::vector<int64_t>* lens) {
+                                         bool want_state, const std::vector<int64_t>* lens,
+                                         const std::vector<int64_t>* parents) {
   const int64_t B = q_in.size(0), H = q_in.size(1), T = q_in.size(2), dk = q_in.size(3), dv = v_in.size(3);
   check_shapes(q_in, k_in, v_in, beta_in, g_in, torch::Tensor());
   // Sequences: the batch rows, or the packed sequences of row 0.
@@ -321,6 +340,34 @@ DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q_in, const torch:
     RP_ASSERT(t == T, "sequence lengths sum to ", t, ", inputs have ", T, " tokens");
   }
   const int64_t S = lens ? static_cast<int64_t>(lens->size()) : B;
+  // Roots run as tasks; each child continues from its root's final state inside the root's task.
+  std::vector<int64_t> roots, first, children;
+  if (parents) {
+    RP_ASSERT(lens, "parents need packed sequences");
+    RP_ASSERT(static_cast<int64_t>(parents->size()) == S, parents->size(), " parents for ", S, " sequences");
+    std::vector<int64_t> slot(static_cast<std::size_t>(S), -1), count;
+    for (int64_t b = 0; b < S; ++b) {
+      const int64_t p = (*parents)[static_cast<std::size_t>(b)];
+      if (p < 0) {
+        slot[static_cast<std::size_t>(b)] = static_cast<int64_t>(roots.size());
+        roots.push_back(b);
+        count.push_back(0);
+      } else {
+        RP_ASSERT(p < b && (*parents)[static_cast<std::size_t>(p)] < 0, "sequence ", b, ": parent ", p,
+                  " must be an earlier sequence without a parent");
+        ++count[static_cast<std::size_t>(slot[static_cast<std::size_t>(p)])];
+      }
+    }
+    first.assign(roots.size() + 1, 0);
+    for (std::size_t r = 0; r < roots.size(); ++r) first[r + 1] = first[r] + count[r];
+    children.resize(static_cast<std::size_t>(first.back()));
+    std::vector<int64_t> fill(first.begin(), first.end() - 1);
+    for (int64_t b = 0; b < S; ++b) {
+      const int64_t p = (*parents)[static_cast<std::size_t>(b)];
+      if (p >= 0) children[static_cast<std::size_t>(fill[static_cast<std::size_t>(slot[static_cast<std::size_t>(p)])]++)] = b;
+    }
+  }
+  const int64_t n_roots = parents ? static_cast<int64_t>(roots.size()) : S;
   if (s0_in.defined()) {
     RP_ASSERT(s0_in.dim() == 4 && s0_in.size(1) == H && s0_in.size(2) == dk && s0_in.size(3) == dv, "s0 ",
               s0_in.sizes());
@@ -361,6 +408,9 @@ DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q_in, const torch:
   a.rows = rows.defined() ? rows.data_ptr<int64_t>() : nullptr;
   a.starts = lens ? starts.data() : nullptr;
   a.lens = lens ? lens->data() : nullptr;
+  a.roots = parents ? roots.data() : nullptr;
+  a.first = parents ? first.data() : nullptr;
+  a.children = parents ? children.data() : nullptr;
   for (int d = 0; d < 4; ++d) {
     a.qs[d] = q.stride(d), a.ks[d] = k.stride(d), a.vs[d] = v.stride(d), a.os[d] = o.stride(d);
     if (s0.defined()) a.s0s[d] = s0.stride(d);
@@ -372,7 +422,7 @@ DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q_in, const torch:
   const bool f64 = ct == torch::kFloat64;
   const int64_t blocks = (dv + (f64 ? block_cols<double>() : block_cols<float>()) - 1) /
                         (f64 ? block_cols<double>() : block_cols<float>());
-  parallel_ranges(S * H * blocks, [&](int64_t begin, int64_t end) {
+  parallel_ranges(n_roots * H * blocks, [&](int64_t begin, int64_t end) {
     f64 ? scan_rows_f64(a, begin, end) : scan_rows_f32(a, begin, end);
   });
   return {o.to(v_in.scalar_type()), s_out};
@@ -393,21 +443,31 @@ bool fused_cpu_applies(const torch::Tensor& q, const torch::Tensor& k, const tor
 DeltaRuleResult delta_rule_varlen(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                   const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0,
                                   double scale, const std::vector<int64_t>& lens, DeltaRuleImpl impl,
-                                  int64_t chunk_size, const torch::Tensor& s0_rows, bool want_state) {
+                                  int64_t chunk_size, const torch::Tensor& s0_rows, bool want_state,
+                                  const std::vector<int64_t>* parents) {
   RP_ASSERT(q.dim() == 4 && q.size(0) == 1, "packed q must be [1, H, N, dk], got ", q.sizes());
   if (impl != DeltaRuleImpl::Chunked && fused_cpu_applies(q, k, v, beta, g, s0))
-    return delta_rule_recurrent_cpu(q, k, v, beta, g, s0, scale, s0_rows, want_state, &lens);
-  // Elsewhere (CUDA, autograd, or chunks asked for): one sequence at a time.
-  std::vector<torch::Tensor> outs, states;
+    return delta_rule_recurrent_cpu(q, k, v, beta, g, s0, scale, s0_rows, want_state, &lens, parents);
+  // Elsewhere (CUDA, autograd, or chunks asked for): one sequence at a time, in order, so that a
+  // parent's final state exists before its children start from it.
+  RP_ASSERT(!parents || parents->size() == lens.size(), "parents for ", lens.size(), " sequences");
+  std::vector<torch::Tensor> outs, states(lens.size());
   int64_t t = 0;
   for (std::size_t b = 0; b < lens.size(); ++b) {
     const int64_t len = lens[b];
     auto part = [&](const torch::Tensor& x) { return x.defined() ? x.narrow(2, t, len) : x; };
+    const int64_t parent = parents ? (*parents)[b] : -1;
     torch::Tensor init;
-    if (s0.defined()) init = s0.narrow(0, s0_rows.defined() ? s0_rows[static_cast<int64_t>(b)].item<int64_t>() : static_cast<int64_t>(b), 1);
+    if (parent >= 0) {
+      RP_ASSERT(parent < static_cast<int64_t>(b) && (*parents)[static_cast<std::size_t>(parent)] < 0, "sequence ", b,
+                ": parent ", parent, " must be an earlier sequence without a parent");
+      init = states[static_cast<std::size_t>(parent)];
+    } else if (s0.defined()) {
+      init = s0.narrow(0, s0_rows.defined() ? s0_rows[static_cast<int64_t>(b)].item<int64_t>() : static_cast<int64_t>(b), 1);
+    }
     auto r = delta_rule(part(q), part(k), part(v), part(beta), part(g), init, scale, impl, chunk_size);
     outs.push_back(r.o);
-    if (want_state) states.push_back(r.s);
+    states[b] = r.s;
     t += len;
   }
   RP_ASSERT(t == q.size(2), "sequence lengths sum to ", t, ", inputs have ", q.size(2), " tokens");

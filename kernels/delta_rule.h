@@ -53,10 +53,14 @@ DeltaRuleResult delta_rule_chunked(const torch::Tensor& q, const torch::Tensor& 
 // of rows); undefined -> from s0[b]. `want_state` false: the result's s is undefined.
 // `lens` (optional): the inputs are S sequences packed end to end in batch row 0 (q: [1, H, N, dk],
 // sum(lens) = N, no padding); the final state is then [S, H, dk, dv].
+// `parents` (optional, with `lens`): parents[b] = -1 starts sequence b as above; parents[b] = p
+// starts it from sequence p's final state instead (p < b, and p itself has no parent): a shared
+// context and its continuations in one pass, the context's state never leaving the cache.
 DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                          const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0,
                                          double scale, const torch::Tensor& s0_rows = {}, bool want_state = true,
-                                         const std::vector<int64_t>* lens = nullptr);
+                                         const std::vector<int64_t>* lens = nullptr,
+                                         const std::vector<int64_t>* parents = nullptr);
 
 enum class DeltaRuleImpl { Auto, Recurrent, Chunked };
 
@@ -72,12 +76,14 @@ DeltaRuleResult delta_rule(const torch::Tensor& q, const torch::Tensor& k, const
 
 // Packed sequences (fla's varlen / cu_seqlens form): q, k, v [1, H, N, d], beta, g [1, H, N] hold
 // S = lens.size() sequences end to end; each runs from its own initial state (s0 / s0_rows as
-// above) and the final state is [S, H, dk, dv]. The fused CPU loop when it applies (and `impl` is
-// not Chunked), else one sequence at a time through delta_rule.
+// above, or its parent's final state with `parents`) and the final state is [S, H, dk, dv]. The
+// fused CPU loop when it applies (and `impl` is not Chunked), else one sequence at a time through
+// delta_rule.
 DeltaRuleResult delta_rule_varlen(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                   const torch::Tensor& beta, const torch::Tensor& g, const torch::Tensor& s0,
                                   double scale, const std::vector<int64_t>& lens,
                                   DeltaRuleImpl impl = DeltaRuleImpl::Auto, int64_t chunk_size = 64,
-                                  const torch::Tensor& s0_rows = {}, bool want_state = true);
+                                  const torch::Tensor& s0_rows = {}, bool want_state = true,
+                                  const std::vector<int64_t>* parents = nullptr);
 
 }  // namespace rankprune

@@ -20,6 +20,7 @@ struct ConvArgs {
   void* y;
   int64_t C, K, S;
   const int64_t *starts, *lens;
+  const int64_t* parents;  // or null: sequence b's K-1 rows before it are parents[b]'s last ones
   const void* wt;     // [K, C]: tap j of every channel, contiguous
   const void* bias;   // [C] or null
   const void* cache;  // [S, C, K-1] contiguous, or null
@@ -36,13 +37,29 @@ inline __attribute__((always_inline)) void conv_rows(const ConvArgs& a) {
   const T* cache = static_cast<const T*>(a.cache);
   T* y = static_cast<T*>(a.y);
   T* nc = static_cast<T*>(a.new_cache);
-  std::vector<T> pre(static_cast<std::size_t>(std::max<int64_t>(P, 1) * C), T(0));  // [P, C]
+  const auto pre_size = static_cast<std::size_t>(std::max<int64_t>(P, 1) * C);
+  std::vector<T> pre(pre_size, T(0)), parent_pre(pre_size, T(0));  // [P, C] each
+  // The K-1 rows before root sequence b: its cache, transposed, or zeros.
+  auto root_prefix = [&](int64_t b, T* dst) {
+    if (!cache) return std::fill(dst, dst + P * C, T(0));
+    const T* cb = cache + b * C * P;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t j = 0; j < P; ++j) dst[j * C + c] = cb[c * P + j];
+  };
   for (int64_t b = 0; b < a.S; ++b) {
     const int64_t start = a.starts[b], len = a.lens[b];
-    if (cache) {
-      const T* cb = cache + b * C * P;
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t j = 0; j < P; ++j) pre[static_cast<std::size_t>(j * C + c)] = cb[c * P + j];
+    const int64_t parent = a.parents ? a.parents[b] : -1;
+    if (parent < 0) {
+      root_prefix(b, pre.data());
+    } else {
+      // The parent's last K-1 input rows (reaching into its own prefix when it is shorter).
+      root_prefix(parent, parent_pre.data());
+      const int64_t ps = a.starts[parent], pl = a.lens[parent];
+      for (int64_t j = 0; j < P; ++j) {
+        const int64_t u = pl - P + j;
+        const T* src = u >= 0 ? x + (ps + u) * C : parent_pre.data() + (P + u) * C;
+        std::copy(src, src + C, pre.data() + j * C);
+      }
     }
     // Input row u of this sequence; u < 0 reads the cache (or zeros).
     auto row = [&](int64_t u) -> const T* { return u >= 0 ? x + (start + u) * C : pre.data() + (P + u) * C; };
@@ -83,7 +100,8 @@ bool direct_applies(const torch::Tensor& x, const torch::Tensor& w, const torch:
 // x: [N, C] rows of S sequences (starts/lens); returns y [N, C] and fills *new_cache [S, C, K-1].
 torch::Tensor conv_direct(const torch::Tensor& x_in, const std::vector<int64_t>& starts,
                           const std::vector<int64_t>& lens, const torch::Tensor& w2, const torch::Tensor& bias,
-                          const torch::Tensor& cache, torch::Tensor* new_cache) {
+                          const torch::Tensor& cache, torch::Tensor* new_cache,
+                          const std::vector<int64_t>* parents = nullptr) {
   const auto st = x_in.scalar_type();
   const auto x = x_in.contiguous();
   const int64_t C = x.size(1), K = w2.size(1), S = static_cast<int64_t>(lens.size());
@@ -92,7 +110,8 @@ torch::Tensor conv_direct(const torch::Tensor& x_in, const std::vector<int64_t>&
   const auto c0 = cache.defined() ? cache.to(st).contiguous() : cache;
   auto y = torch::empty_like(x);
   torch::Tensor nc = new_cache ? torch::empty({S, C, K - 1}, x.options()) : torch::Tensor();
-  ConvArgs a{x.data_ptr(), y.data_ptr(), C, K, S, starts.data(), lens.data(), wt.data_ptr(),
+  ConvArgs a{x.data_ptr(), y.data_ptr(), C, K, S, starts.data(), lens.data(), parents ? parents->data() : nullptr,
+             wt.data_ptr(),
              b.defined() ? b.data_ptr() : nullptr, c0.defined() ? c0.data_ptr() : nullptr,
              new_cache ? nc.data_ptr() : nullptr};
   st == torch::kFloat64 ? conv_rows_f64(a) : conv_rows_f32(a);
@@ -132,7 +151,8 @@ torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& w_in, c
 }
 
 torch::Tensor causal_conv1d_varlen(const torch::Tensor& x, const std::vector<int64_t>& lens, const torch::Tensor& w,
-                                   const torch::Tensor& bias, const torch::Tensor& cache, torch::Tensor* new_cache) {
+                                   const torch::Tensor& bias, const torch::Tensor& cache, torch::Tensor* new_cache,
+                                   const std::vector<int64_t>* parents) {
   RP_ASSERT(x.dim() == 2, "x ", x.sizes());
   const int64_t N = x.size(0), C = x.size(1), S = static_cast<int64_t>(lens.size());
   const int64_t K = (w.dim() == 3 ? w.size(2) : w.size(1)), P = K - 1;
@@ -146,8 +166,16 @@ torch::Tensor causal_conv1d_varlen(const torch::Tensor& x, const std::vector<int
     total += len;
   }
   RP_ASSERT(total == N, "sequence lengths sum to ", total, ", x has ", N, " rows");
+  if (parents) {
+    RP_ASSERT(static_cast<int64_t>(parents->size()) == S, parents->size(), " parents for ", S, " sequences");
+    for (int64_t b = 0; b < S; ++b) {
+      const int64_t p = (*parents)[static_cast<std::size_t>(b)];
+      RP_ASSERT(p < b && (p < 0 || (*parents)[static_cast<std::size_t>(p)] < 0), "sequence ", b, ": parent ", p,
+                " must be an earlier sequence without a parent");
+    }
+  }
   if (direct_applies(x, w, bias, cache))
-    return conv_direct(x, starts, lens, w.dim() == 3 ? w.squeeze(1) : w, bias, cache, new_cache);
+    return conv_direct(x, starts, lens, w.dim() == 3 ? w.squeeze(1) : w, bias, cache, new_cache, parents);
   // Autograd (training) and other dtypes/devices: one long sequence with each packed sequence
   // preceded by its own K-1 cache rows; a plain causal conv over it never mixes sequences, and each
   // sequence's last K-1 rows are its next cache.
@@ -168,6 +196,18 @@ torch::Tensor causal_conv1d_varlen(const torch::Tensor& x, const std::vector<int
   if (cache.defined() && P > 0)
     ext.index_copy_(0, index(c_pos),
                     cache.to(x.scalar_type()).permute({0, 2, 1}).reshape({S * P, C}));
+  if (parents && P > 0) {
+    // A child's K-1 rows before it are its parent's last K-1 rows (parents are roots: filled above).
+    std::vector<int64_t> to, from;
+    for (int64_t b = 0; b < S; ++b) {
+      const int64_t p = (*parents)[static_cast<std::size_t>(b)];
+      for (int64_t j = 0; p >= 0 && j < P; ++j) {
+        to.push_back(c_pos[static_cast<std::size_t>(b * P + j)]);
+        from.push_back(tail_pos[static_cast<std::size_t>(p * P + j)]);
+      }
+    }
+    if (!to.empty()) ext.index_copy_(0, index(to), ext.index_select(0, index(from)));
+  }
   auto y = causal_conv1d(ext.unsqueeze(0), w, bias, torch::Tensor())[0].index_select(0, xi);
   if (new_cache)
     *new_cache = ext.index_select(0, index(tail_pos))

@@ -28,8 +28,11 @@ torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& w, cons
 // The same over S sequences packed end to end without padding (fla's varlen form): x [N, C] holds
 // sequence b at rows [sum(lens[:b]), sum(lens[:b+1])); no window crosses into another sequence.
 // cache: [S, C, K-1] or undefined (zeros). Returns y [N, C]; new_cache [S, C, K-1] as above.
+// parents (optional): parents[b] = p >= 0 continues sequence b from the end of sequence p (p < b,
+// p without a parent): its K-1 earlier inputs are p's last ones, as if b followed p directly.
 torch::Tensor causal_conv1d_varlen(const torch::Tensor& x, const std::vector<int64_t>& lens, const torch::Tensor& w,
                                    const torch::Tensor& bias, const torch::Tensor& cache,
-                                   torch::Tensor* new_cache = nullptr);
+                                   torch::Tensor* new_cache = nullptr,
+                                   const std::vector<int64_t>* parents = nullptr);
 
 }  // namespace rankprune

@@ -204,7 +204,7 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, const 
     auto conv = [&](const torch::Tensor& x_in, const torch::Tensor& w, torch::Tensor LayerState::*m) {
       torch::Tensor* next = st ? &(st->*m) : nullptr;
       const auto c0 = cache(m);
-      if (io.lens) return causal_conv1d_varlen(x_in[0], *io.lens, w, {}, c0, next).unsqueeze(0);
+      if (io.lens) return causal_conv1d_varlen(x_in[0], *io.lens, w, {}, c0, next, io.parents).unsqueeze(0);
       return causal_conv1d(x_in, w, {}, c0, next);
     };
     q = conv(q, L.q_conv, &LayerState::conv_q);
@@ -254,7 +254,8 @@ torch::Tensor LinearLM::layer_forward(int64_t li, const torch::Tensor& h, const 
   const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
   const auto gt = g.defined() ? to_bht(g) : g;
   auto r = io.lens ? delta_rule_varlen(to_bhtd(q), to_bhtd(k), to_bhtd(v), to_bht(beta), gt, s0, scale, *io.lens,
-                                       opts.impl, opts.chunk_size, s0_rows, /*want_state=*/st != nullptr)
+                                       opts.impl, opts.chunk_size, s0_rows, /*want_state=*/st != nullptr,
+                                       io.parents)
                    : delta_rule(to_bhtd(q), to_bhtd(k), to_bhtd(v), to_bht(beta), gt, s0, scale, opts.impl,
                                 opts.chunk_size, s0_rows, /*want_state=*/st != nullptr);
   if (st) st->s = r.s;
@@ -278,8 +279,8 @@ torch::Tensor LinearLM::hidden(const torch::Tensor& ids, LmState* state, const F
 }
 
 torch::Tensor LinearLM::hidden_packed(const torch::Tensor& ids, const std::vector<int64_t>& lens, LmState* out,
-                                      const ForwardOptions& opts, const LmState* from,
-                                      const torch::Tensor& rows) const {
+                                      const ForwardOptions& opts, const LmState* from, const torch::Tensor& rows,
+                                      const std::vector<int64_t>* parents) const {
   RP_CHECK_INPUT(ids.dim() == 1, "packed token ids must have shape [tokens], got ", ids.sizes());
   int64_t total = 0;
   for (const int64_t len : lens) {
@@ -294,12 +295,20 @@ torch::Tensor LinearLM::hidden_packed(const torch::Tensor& ids, const std::vecto
                   rows.scalar_type() == torch::kLong,
               "rows ", rows.sizes(), " for ", lens.size(), " sequences");
   }
-  return run_layers(ids.unsqueeze(0), out, opts, nullptr, from, rows, &lens)[0];
+  if (parents) {
+    RP_ASSERT(parents->size() == lens.size(), parents->size(), " parents for ", lens.size(), " sequences");
+    for (std::size_t b = 0; b < lens.size(); ++b) {
+      const int64_t p = (*parents)[b];
+      RP_ASSERT(p < static_cast<int64_t>(b) && (p < 0 || (*parents)[static_cast<std::size_t>(p)] < 0), "sequence ", b,
+                ": parent ", p, " must be an earlier sequence without a parent");
+    }
+  }
+  return run_layers(ids.unsqueeze(0), out, opts, nullptr, from, rows, &lens, parents)[0];
 }
 
 torch::Tensor LinearLM::run_layers(const torch::Tensor& ids, LmState* state, const ForwardOptions& opts,
                                    const QkObserver& observer, const LmState* from, const torch::Tensor& rows,
-                                   const std::vector<int64_t>* lens) const {
+                                   const std::vector<int64_t>* lens, const std::vector<int64_t>* parents) const {
   if (ids.numel() > 0) {
     const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     RP_CHECK_INPUT(lo >= 0 && hi < cfg_.vocab_size, "token id out of range [0, ", cfg_.vocab_size, "): got ",
@@ -315,6 +324,7 @@ torch::Tensor LinearLM::run_layers(const torch::Tensor& ids, LmState* state, con
     if (state) io.st = &state->layers[li];
     if (from) io.from = &from->layers[li], io.rows = rows_here;
     io.lens = lens;
+    io.parents = parents;
     h = layer_forward(i, h, io, opts, observer);
   }
   if (state) state->tokens += lens ? 0 : ids.size(1);

@@ -107,9 +107,13 @@ class LinearLM {
   // and left untouched, when `from` is given; else empty. `out` (optional, must be empty) receives
   // every sequence's final state (S rows). The linear layers see one [N, D] matrix whatever the
   // lengths, so mixed-length batches cost no padding.
+  // `parents` (optional): parents[b] = p >= 0 makes sequence b continue sequence p (p < b, p without
+  // a parent) — its outputs equal those of p's tokens followed by b's — and parents[b] = -1 starts
+  // b as above. A shared context and its continuations run in one pass this way, and the context's
+  // state is never written out.
   torch::Tensor hidden_packed(const torch::Tensor& ids, const std::vector<int64_t>& lens, LmState* out,
                               const ForwardOptions& opts = {}, const LmState* from = nullptr,
-                              const torch::Tensor& rows = {}) const;
+                              const torch::Tensor& rows = {}, const std::vector<int64_t>* parents = nullptr) const;
 
   // fla tensor names and tensors (checkpoint dtype), in a stable order, for writing.
   std::vector<std::pair<std::string, torch::Tensor>> named_tensors() const;
@@ -125,12 +129,13 @@ class LinearLM {
     const LayerState* from = nullptr;
     torch::Tensor rows;
     const std::vector<int64_t>* lens = nullptr;
+    const std::vector<int64_t>* parents = nullptr;  // with lens: see hidden_packed
   };
   torch::Tensor layer_forward(int64_t li, const torch::Tensor& h, const StateIo& io, const ForwardOptions& opts,
                               const QkObserver& observer) const;
   torch::Tensor run_layers(const torch::Tensor& ids, LmState* state, const ForwardOptions& opts,
                            const QkObserver& observer, const LmState* from, const torch::Tensor& rows,
-                           const std::vector<int64_t>* lens) const;
+                           const std::vector<int64_t>* lens, const std::vector<int64_t>* parents = nullptr) const;
   ModelConfig cfg_;
   LmWeights w_;
 };

@@ -228,6 +228,45 @@ TEST(DeltaRule, FusedCpuResultDoesNotDependOnThreadCount) {
   }
 }
 
+// Packed sequences with parents: a child's outputs and final state equal those of its parent's
+// tokens followed by its own, run as one sequence by the torch recurrence (roots from rows of a
+// bigger state). Fused loop (float64, float32 with two threads) and the one-at-a-time path.
+TEST(DeltaRule, ChildrenContinueTheirParentsFinalState) {
+  const std::vector<int64_t> lens = {5, 3, 4, 1, 6, 2, 3};
+  const std::vector<int64_t> parents = {-1, -1, 0, 1, 0, -1, 0};
+  const int64_t H = 2, dk = 37, dv = 40, N = 24;
+  for (auto dt : {torch::kFloat64, torch::kFloat32})
+    for (int impl = 0; impl < 2; ++impl) {
+      auto in = make_inputs(1, H, N, dk, dv, true, false, dt, 51);
+      auto big = torch::randn({4, H, dk, dv}, torch::TensorOptions().dtype(dt)) * 0.3;
+      const auto rows = torch::tensor(std::vector<int64_t>{3, 0, 9, 9, 9, 2, 9});  // 9: a child's, unused
+      const std::vector<int64_t> root_rows = {3, 0, -1, -1, -1, 2, -1};
+      set_cpu_threads(dt == torch::kFloat32 ? 2 : 1);
+      auto r = delta_rule_varlen(in.q, in.k, in.v, in.beta, in.g, big, 0.3, lens,
+                                 impl == 0 ? DeltaRuleImpl::Auto : DeltaRuleImpl::Chunked, 3,
+                                 rows.clamp_max(3), true, &parents);
+      set_cpu_threads(1);
+      std::vector<int64_t> starts;
+      int64_t t = 0;
+      for (auto l : lens) starts.push_back(t), t += l;
+      const double tol = dt == torch::kFloat64 ? kTolF64 : kTolF32;
+      for (std::size_t b = 0; b < lens.size(); ++b) {
+        const int64_t p = parents[b];
+        const auto root = static_cast<std::size_t>(p < 0 ? static_cast<int64_t>(b) : p);
+        auto pick = [&](const torch::Tensor& x) {
+          if (p < 0) return x.narrow(2, starts[b], lens[b]);
+          return torch::cat({x.narrow(2, starts[root], lens[root]), x.narrow(2, starts[b], lens[b])}, 2);
+        };
+        auto ref = delta_rule_recurrent(pick(in.q), pick(in.k), pick(in.v), pick(in.beta), pick(in.g),
+                                        big.narrow(0, root_rows[root], 1), 0.3);
+        const int64_t skip = p < 0 ? 0 : lens[root];
+        SCOPED_TRACE(testing::Message() << "sequence " << b << " impl " << impl << " dtype " << dt);
+        EXPECT_LT(rel_err(r.o.narrow(2, starts[b], lens[b]), ref.o.narrow(2, skip, lens[b])), tol);
+        EXPECT_LT(rel_err(r.s.narrow(0, static_cast<int64_t>(b), 1), ref.s), tol);
+      }
+    }
+}
+
 TEST(DeltaRule, FusedCpuComputesBf16InFloat32) {
   auto in = make_inputs(2, 2, 9, 16, 8, true, true, torch::kFloat32, 11);
   auto bf = [](const torch::Tensor& x) { return x.to(torch::kBFloat16); };

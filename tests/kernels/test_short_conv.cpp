@@ -142,5 +142,40 @@ TEST(ShortConv, DirectLoopEqualsTorchConv) {
   EXPECT_TRUE(torch::equal(pc_direct, pc_torch.detach()));
 }
 
+// A child sequence's K-1 earlier inputs are its parent's last ones: its outputs and new cache equal
+// those of the parent's rows followed by its own, run as one sequence from the parent's cache —
+// also when the parent is shorter than K-1 (reaching into the parent's cache). Direct loop and
+// torch path.
+TEST(ShortConv, ChildrenContinueTheirParents) {
+  torch::manual_seed(6);
+  const std::vector<int64_t> lens = {4, 1, 3, 2, 5};
+  const std::vector<int64_t> parents = {-1, -1, 0, 1, 1};
+  const int64_t C = 6, K = 4, N = 15;
+  auto x = torch::randn({N, C}, torch::kFloat64);
+  auto w = torch::randn({C, 1, K}, torch::kFloat64);
+  auto cache = torch::randn({5, C, K - 1}, torch::kFloat64);
+  std::vector<int64_t> starts;
+  int64_t t = 0;
+  for (auto l : lens) starts.push_back(t), t += l;
+  for (bool grad : {false, true}) {
+    torch::Tensor next;
+    auto xin = grad ? x.clone().requires_grad_(true) : x;
+    auto y = causal_conv1d_varlen(xin, lens, w, {}, cache, &next, &parents).detach();
+    for (std::size_t b = 0; b < lens.size(); ++b) {
+      const int64_t p = parents[b];
+      const auto root = static_cast<std::size_t>(p < 0 ? static_cast<int64_t>(b) : p);
+      auto seq = p < 0 ? x.narrow(0, starts[b], lens[b])
+                       : torch::cat({x.narrow(0, starts[root], lens[root]), x.narrow(0, starts[b], lens[b])}, 0);
+      torch::Tensor ref_next;
+      auto ref = causal_conv1d(seq.unsqueeze(0), w, {}, cache.narrow(0, static_cast<int64_t>(root), 1), &ref_next)[0];
+      const int64_t skip = p < 0 ? 0 : lens[root];
+      EXPECT_LT((y.narrow(0, starts[b], lens[b]) - ref.narrow(0, skip, lens[b])).abs().max().item<double>(), 1e-12)
+          << "sequence " << b << " grad " << grad;
+      EXPECT_LT((next.detach()[static_cast<int64_t>(b)] - ref_next[0]).abs().max().item<double>(), 1e-12)
+          << "sequence " << b << " grad " << grad;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace rankprune

@@ -325,6 +325,42 @@ TEST(LinearLM, PackedContinuationsFromASharedStateEqualFullRuns) {
   }
 }
 
+// Contexts and their continuations in one packed forward (parents): each continuation's hidden
+// states equal the context + continuation run as one sequence; contexts are unaffected; the final
+// states equal those of the full runs. Every architecture variant, recurrent and chunked.
+TEST(LinearLM, PackedChildrenContinueTheirParents) {
+  for (const auto& v : all_variants()) {
+    auto m = make_model(v, 44);
+    for (auto impl : {DeltaRuleImpl::Recurrent, DeltaRuleImpl::Chunked}) {
+      SCOPED_TRACE(cat(v.name(), impl == DeltaRuleImpl::Chunked ? " chunked" : " recurrent"));
+      ForwardOptions o{torch::kFloat64, impl, 4};
+      const std::vector<int64_t> lens = {9, 2, 6, 1, 3, 7};
+      const std::vector<int64_t> parents = {-1, -1, 0, 1, 0, 1};
+      std::vector<std::vector<int64_t>> seqs;
+      std::vector<int64_t> flat, starts;
+      for (std::size_t i = 0; i < lens.size(); ++i) {
+        seqs.push_back(random_ids(lens[i], m.config().vocab_size, 400 + i));
+        starts.push_back(static_cast<int64_t>(flat.size()));
+        flat.insert(flat.end(), seqs.back().begin(), seqs.back().end());
+      }
+      LmState st;
+      auto got = m.hidden_packed(torch::tensor(flat), lens, &st, o, nullptr, {}, &parents);
+      for (std::size_t i = 0; i < lens.size(); ++i) {
+        const int64_t p = parents[i];
+        std::vector<int64_t> full = p < 0 ? std::vector<int64_t>{} : seqs[static_cast<std::size_t>(p)];
+        const auto skip = static_cast<int64_t>(full.size());
+        full.insert(full.end(), seqs[i].begin(), seqs[i].end());
+        LmState ref_st;
+        auto ref = m.hidden(as_batch(full), &ref_st, o).index({0, Slice(skip, skip + lens[i])});
+        EXPECT_LT(rel_err(got.narrow(0, starts[i], lens[i]), ref), kTolF64) << "sequence " << i;
+        for (std::size_t l = 0; l < st.layers.size(); ++l)
+          EXPECT_LT(rel_err(st.layers[l].s.narrow(0, static_cast<int64_t>(i), 1), ref_st.layers[l].s), kTolF64)
+              << "sequence " << i << " layer " << l;
+      }
+    }
+  }
+}
+
 TEST(LinearLM, ObserverSeesQkBeforeNorm) {
   auto m = make_model({Arch::DeltaNet}, 61);
   int calls = 0;
