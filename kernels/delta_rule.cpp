@@ -145,9 +145,9 @@ namespace {
 // (S[:, j] needs only k_t, q_t, beta_t, g_t and v_t[j]), so a task is one (sequence, head, block of
 // W columns) and its [dk, W] slice of S stays in L1 for all T steps. A block is two 64-byte vectors
 // (W = 32 floats / 16 doubles); partial sums over 4 rows at a time keep 8 independent FMA chains
-// in flight. Per token, two sweeps over the block:
-//   1. S *= exp(g_t) and pred = S^T k_t
-//   2. u = beta_t (v_t - pred); S += k_t u^T and o_t = S^T (scale q_t)
+// in flight. Per token, two sweeps over the block, S written once:
+//   1. pred = d S^T k_t with d = exp(g_t) (1 ungated)
+//   2. u = beta_t (v_t - pred); S = d S + k_t u^T and o_t = S^T (scale q_t)
 // GCC/Clang vector types: each target_clones variant lowers them to AVX-512, AVX2 or SSE.
 // The helpers taking/returning 64-byte vectors are always inlined, so the ABI note GCC gives for
 // them (-Wpsabi) does not apply.
@@ -252,42 +252,39 @@ RP_INLINE void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
       T* ot = o + row * a.os[0] + h * a.os[1] + t0 * a.os[2] + j0;
       for (int64_t t = 0; t < steps;
            ++t, qt += a.qs[2], kt += a.ks[2], vt += a.vs[2], bt += a.bs[2], ot += a.os[2]) {
-        // Sweep 1: decay, then pred = S^T k.
+        // Sweep 1: pred = S^T k on the undecayed state; the decay d = exp(g_t) scales pred here
+        // and S in sweep 2 (S_t = d S_{t-1} + k u^T), so S is written once per token.
         V p[4][2] = {};
-        if (gt) {
-          const T d = std::exp(gt[t * a.gs[2]]);
-          for (int64_t i = 0; i < dk; ++i) {
-            T* r = S + i * W;
-            const V s_lo = vload(r) * d, s_hi = vload(r + L) * d;
-            vstore(r, s_lo), vstore(r + L, s_hi);
-            p[i & 3][0] += kt[i] * s_lo;
-            p[i & 3][1] += kt[i] * s_hi;
-          }
-        } else {
-          int64_t i = 0;
-          for (; i < dk4; i += 4)
-            for (int u = 0; u < 4; ++u) {
-              const T* r = S + (i + u) * W;
-              p[u][0] += kt[i + u] * vload(r);
-              p[u][1] += kt[i + u] * vload(r + L);
-            }
-          for (; i < dk; ++i) {
-            const T* r = S + i * W;
-            p[0][0] += kt[i] * vload(r);
-            p[0][1] += kt[i] * vload(r + L);
-          }
-        }
-        std::copy(vt, vt + w, vb);
-        const T bt_ = *bt;
-        const V u_lo = bt_ * (vload(vb) - ((p[0][0] + p[1][0]) + (p[2][0] + p[3][0])));
-        const V u_hi = bt_ * (vload(vb + L) - ((p[0][1] + p[1][1]) + (p[2][1] + p[3][1])));
-        // Sweep 2: S += k u^T, o = S^T (scale q).
-        V acc[4][2] = {};
         int64_t i = 0;
         for (; i < dk4; i += 4)
           for (int u = 0; u < 4; ++u) {
+            const T* r = S + (i + u) * W;
+            p[u][0] += kt[i + u] * vload(r);
+            p[u][1] += kt[i + u] * vload(r + L);
+          }
+        for (; i < dk; ++i) {
+          const T* r = S + i * W;
+          p[0][0] += kt[i] * vload(r);
+          p[0][1] += kt[i] * vload(r + L);
+        }
+        const bool gated = gt != nullptr;
+        const T d = gated ? std::exp(gt[t * a.gs[2]]) : T(1);
+        std::copy(vt, vt + w, vb);
+        const T bt_ = *bt;
+        V pred_lo = (p[0][0] + p[1][0]) + (p[2][0] + p[3][0]);
+        V pred_hi = (p[0][1] + p[1][1]) + (p[2][1] + p[3][1]);
+        if (gated) pred_lo *= d, pred_hi *= d;
+        const V u_lo = bt_ * (vload(vb) - pred_lo);
+        const V u_hi = bt_ * (vload(vb + L) - pred_hi);
+        // Sweep 2: S = d S + k u^T, o = S^T (scale q).
+        V acc[4][2] = {};
+        i = 0;
+        for (; i < dk4; i += 4)
+          for (int u = 0; u < 4; ++u) {
             T* r = S + (i + u) * W;
-            const V s_lo = vload(r) + kt[i + u] * u_lo, s_hi = vload(r + L) + kt[i + u] * u_hi;
+            V s_lo = vload(r), s_hi = vload(r + L);
+            if (gated) s_lo *= d, s_hi *= d;
+            s_lo += kt[i + u] * u_lo, s_hi += kt[i + u] * u_hi;
             vstore(r, s_lo), vstore(r + L, s_hi);
             const T qi = scale * qt[i + u];
             acc[u][0] += qi * s_lo;
@@ -295,7 +292,9 @@ RP_INLINE void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
           }
         for (; i < dk; ++i) {
           T* r = S + i * W;
-          const V s_lo = vload(r) + kt[i] * u_lo, s_hi = vload(r + L) + kt[i] * u_hi;
+          V s_lo = vload(r), s_hi = vload(r + L);
+          if (gated) s_lo *= d, s_hi *= d;
+          s_lo += kt[i] * u_lo, s_hi += kt[i] * u_hi;
           vstore(r, s_lo), vstore(r + L, s_hi);
           const T qi = scale * qt[i];
           acc[0][0] += qi * s_lo;
