@@ -15,9 +15,10 @@ void add_compute_options(po::options_description& d) {
       ("dtype", po::value<std::string>()->default_value("f32"),
        "compute dtype: f32, bf16 or f64 (weights stay in the checkpoint dtype)")
       ("impl", po::value<std::string>()->default_value("auto"),
-       "delta-rule implementation: auto (fla: recurrent for <= 64 tokens, else chunked), recurrent, chunked")
+       "delta-rule implementation: auto (fla: recurrent for <= 64 tokens, else chunked; on CPU without gradients "
+       "the fused recurrence at any length), recurrent, chunked")
       ("chunk-size", po::value<int64_t>()->default_value(64), "chunk length of the chunked delta rule")
-      ("threads", po::value<int>()->default_value(0), "CPU threads for matrix products (OpenBLAS); 0 = $OPENBLAS_NUM_THREADS, else $OMP_NUM_THREADS, else all cores. Element-wise ops run on one");
+      ("threads", po::value<int>()->default_value(0), "CPU threads for matrix products (OpenBLAS) and the delta-rule scan; 0 = $OPENBLAS_NUM_THREADS, else $OMP_NUM_THREADS, else all cores. Element-wise ops run on one");
 }
 
 void apply_threads(const po::variables_map& vm) {
