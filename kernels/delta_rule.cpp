@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "kernels/cpu_clones.h"
 #include "kernels/threads.h"
+#include "kernels/varlen.h"
 
 namespace rankprune {
 namespace {
@@ -160,10 +161,6 @@ struct Vec {
 
 template <typename T>
 using vec_t = typename Vec<T>::type;
-
-// Helpers and loop bodies are always_inline so that each target_clones variant compiles them for
-// its own instruction set (an out-of-line template would be built for the baseline only).
-#define RP_INLINE inline __attribute__((always_inline))
 
 template <typename T>
 RP_INLINE vec_t<T> vload(const T* p) {
@@ -330,40 +327,31 @@ DeltaRuleResult delta_rule_recurrent_cpu(const torch::Tensor& q_in, const torch:
   std::vector<int64_t> starts;
   if (lens) {
     RP_ASSERT(B == 1, "packed sequences need a batch of 1, got ", B);
-    int64_t t = 0;
-    for (const int64_t len : *lens) {
-      RP_ASSERT(len >= 0, "negative sequence length");
-      starts.push_back(t);
-      t += len;
-    }
-    RP_ASSERT(t == T, "sequence lengths sum to ", t, ", inputs have ", T, " tokens");
+    starts = packed_starts(*lens, T);
   }
   const int64_t S = lens ? static_cast<int64_t>(lens->size()) : B;
   // Roots run as tasks; each child continues from its root's final state inside the root's task.
+  // children[first[r] .. first[r + 1]) are root r's, in input order.
   std::vector<int64_t> roots, first, children;
   if (parents) {
     RP_ASSERT(lens, "parents need packed sequences");
-    RP_ASSERT(static_cast<int64_t>(parents->size()) == S, parents->size(), " parents for ", S, " sequences");
-    std::vector<int64_t> slot(static_cast<std::size_t>(S), -1), count;
+    check_parents(*parents, static_cast<std::size_t>(S));
+    std::vector<int64_t> root_of(static_cast<std::size_t>(S), -1);  // sequence -> its index in roots
+    std::vector<std::vector<int64_t>> kids;
     for (int64_t b = 0; b < S; ++b) {
       const int64_t p = (*parents)[static_cast<std::size_t>(b)];
       if (p < 0) {
-        slot[static_cast<std::size_t>(b)] = static_cast<int64_t>(roots.size());
+        root_of[static_cast<std::size_t>(b)] = static_cast<int64_t>(roots.size());
         roots.push_back(b);
-        count.push_back(0);
+        kids.emplace_back();
       } else {
-        RP_ASSERT(p < b && (*parents)[static_cast<std::size_t>(p)] < 0, "sequence ", b, ": parent ", p,
-                  " must be an earlier sequence without a parent");
-        ++count[static_cast<std::size_t>(slot[static_cast<std::size_t>(p)])];
+        kids[static_cast<std::size_t>(root_of[static_cast<std::size_t>(p)])].push_back(b);
       }
     }
-    first.assign(roots.size() + 1, 0);
-    for (std::size_t r = 0; r < roots.size(); ++r) first[r + 1] = first[r] + count[r];
-    children.resize(static_cast<std::size_t>(first.back()));
-    std::vector<int64_t> fill(first.begin(), first.end() - 1);
-    for (int64_t b = 0; b < S; ++b) {
-      const int64_t p = (*parents)[static_cast<std::size_t>(b)];
-      if (p >= 0) children[static_cast<std::size_t>(fill[static_cast<std::size_t>(slot[static_cast<std::size_t>(p)])]++)] = b;
+    first.push_back(0);
+    for (const auto& k : kids) {
+      children.insert(children.end(), k.begin(), k.end());
+      first.push_back(static_cast<int64_t>(children.size()));
     }
   }
   const int64_t n_roots = parents ? static_cast<int64_t>(roots.size()) : S;
@@ -449,7 +437,7 @@ DeltaRuleResult delta_rule_varlen(const torch::Tensor& q, const torch::Tensor& k
     return delta_rule_recurrent_cpu(q, k, v, beta, g, s0, scale, s0_rows, want_state, &lens, parents);
   // Elsewhere (CUDA, autograd, or chunks asked for): one sequence at a time, in order, so that a
   // parent's final state exists before its children start from it.
-  RP_ASSERT(!parents || parents->size() == lens.size(), "parents for ", lens.size(), " sequences");
+  if (parents) check_parents(*parents, lens.size());
   std::vector<torch::Tensor> outs, states(lens.size());
   int64_t t = 0;
   for (std::size_t b = 0; b < lens.size(); ++b) {
@@ -458,8 +446,6 @@ DeltaRuleResult delta_rule_varlen(const torch::Tensor& q, const torch::Tensor& k
     const int64_t parent = parents ? (*parents)[b] : -1;
     torch::Tensor init;
     if (parent >= 0) {
-      RP_ASSERT(parent < static_cast<int64_t>(b) && (*parents)[static_cast<std::size_t>(parent)] < 0, "sequence ", b,
-                ": parent ", parent, " must be an earlier sequence without a parent");
       init = states[static_cast<std::size_t>(parent)];
     } else if (s0.defined()) {
       init = s0.narrow(0, s0_rows.defined() ? s0_rows[static_cast<int64_t>(b)].item<int64_t>() : static_cast<int64_t>(b), 1);

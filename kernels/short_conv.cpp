@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu_clones.h"
+#include "kernels/varlen.h"
 
 namespace rankprune {
 
@@ -27,9 +28,9 @@ struct ConvArgs {
   void* new_cache;    // [S, C, K-1], or null
 };
 
-// always_inline: each target_clones variant below compiles the loop for its own instruction set.
+// RP_INLINE: each target_clones variant below compiles the loop for its own instruction set.
 template <typename T>
-inline __attribute__((always_inline)) void conv_rows(const ConvArgs& a) {
+RP_INLINE void conv_rows(const ConvArgs& a) {
   const int64_t C = a.C, K = a.K, P = K - 1;
   const T* x = static_cast<const T*>(a.x);
   const T* wt = static_cast<const T*>(a.wt);
@@ -140,7 +141,6 @@ torch::Tensor causal_conv1d(const torch::Tensor& x, const torch::Tensor& w_in, c
   auto xt = x.transpose(1, 2);  // [B, C, T]
   torch::Tensor prefix = cache.defined() ? cache.to(x.scalar_type())
                                          : torch::zeros({B, C, K - 1}, x.options());
-  RP_ASSERT(prefix.size(0) == B && prefix.size(1) == C && prefix.size(2) == K - 1, "cache ", prefix.sizes());
   auto xp = torch::cat({prefix, xt}, 2);  // [B, C, K-1+T]
   auto y = torch::conv1d(xp, w.to(x.scalar_type()).unsqueeze(1),
                          bias.defined() ? bias.to(x.scalar_type()) : torch::Tensor(),
@@ -158,22 +158,8 @@ torch::Tensor causal_conv1d_varlen(const torch::Tensor& x, const std::vector<int
   const int64_t K = (w.dim() == 3 ? w.size(2) : w.size(1)), P = K - 1;
   RP_ASSERT(!cache.defined() || (cache.dim() == 3 && cache.size(0) == S && cache.size(1) == C && cache.size(2) == P),
             "cache ", cache.sizes(), " for ", S, " sequences");
-  std::vector<int64_t> starts;
-  int64_t total = 0;
-  for (const int64_t len : lens) {
-    RP_ASSERT(len >= 0, "negative sequence length");
-    starts.push_back(total);
-    total += len;
-  }
-  RP_ASSERT(total == N, "sequence lengths sum to ", total, ", x has ", N, " rows");
-  if (parents) {
-    RP_ASSERT(static_cast<int64_t>(parents->size()) == S, parents->size(), " parents for ", S, " sequences");
-    for (int64_t b = 0; b < S; ++b) {
-      const int64_t p = (*parents)[static_cast<std::size_t>(b)];
-      RP_ASSERT(p < b && (p < 0 || (*parents)[static_cast<std::size_t>(p)] < 0), "sequence ", b, ": parent ", p,
-                " must be an earlier sequence without a parent");
-    }
-  }
+  const auto starts = packed_starts(lens, N);
+  if (parents) check_parents(*parents, lens.size());
   if (direct_applies(x, w, bias, cache))
     return conv_direct(x, starts, lens, w.dim() == 3 ? w.squeeze(1) : w, bias, cache, new_cache, parents);
   // Autograd (training) and other dtypes/devices: one long sequence with each packed sequence

@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/fs.h"
 #include "kernels/short_conv.h"
+#include "kernels/varlen.h"
 #include "model/safetensors.h"
 
 namespace rankprune {
@@ -295,14 +296,7 @@ torch::Tensor LinearLM::hidden_packed(const torch::Tensor& ids, const std::vecto
                   rows.scalar_type() == torch::kLong,
               "rows ", rows.sizes(), " for ", lens.size(), " sequences");
   }
-  if (parents) {
-    RP_ASSERT(parents->size() == lens.size(), parents->size(), " parents for ", lens.size(), " sequences");
-    for (std::size_t b = 0; b < lens.size(); ++b) {
-      const int64_t p = (*parents)[b];
-      RP_ASSERT(p < static_cast<int64_t>(b) && (p < 0 || (*parents)[static_cast<std::size_t>(p)] < 0), "sequence ", b,
-                ": parent ", p, " must be an earlier sequence without a parent");
-    }
-  }
+  if (parents) check_parents(*parents, lens.size());
   return run_layers(ids.unsqueeze(0), out, opts, nullptr, from, rows, &lens, parents)[0];
 }
 
