@@ -11,7 +11,7 @@
 // segment ([B, C, K-1], left-filled from the old cache when T < K-1).
 //
 // Without autograd, float32/float64 CPU inputs run a direct loop (each tap one vectorised
-// multiply-add over a token's channels; 0.2-0.3 us per token at C = 1024 vs 6-7 us through
+// multiply-add over a token's channels; 0.2-0.3 us per token at C = 1024 vs 4-6 us through
 // torch's conv1d, docs/benchmarks.md); otherwise torch's depthwise conv1d, which autograd
 // differentiates.
 #pragma once
