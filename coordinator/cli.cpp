@@ -4,7 +4,10 @@
 
 #include <ctime>
 
+#include <iostream>
+
 #include "common/error.h"
+#include "coordinator/sweep.h"
 #include "kernels/threads.h"
 #include "model/linear_lm.h"
 
@@ -51,6 +54,47 @@ ForwardOptions forward_options_from(const po::variables_map& vm) {
   if (o.chunk_size < 1) throw UsageError(cat("--chunk-size must be >= 1, got ", o.chunk_size));
   apply_threads(vm);
   return o;
+}
+
+void add_cluster_options(po::options_description& d) {
+  d.add_options()
+      ("comm", po::value<std::string>()->default_value("auto"),
+       "how ranks talk: auto (mpi when started by mpirun / srun --mpi=pmix, else local), local, mpi, nccl")
+      ("comm-timeout", po::value<double>()->default_value(300),
+       "seconds a rank waits for a silent peer (no message, no sign of life) before the run ends with an error");
+}
+
+std::unique_ptr<cluster::Communicator> communicator_from(const po::variables_map& vm) {
+  const double t = vm["comm-timeout"].as<double>();
+  if (!(t > 0)) throw UsageError(cat("--comm-timeout must be > 0 seconds, got ", t));
+  auto comm = cluster::make_communicator(vm["comm"].as<std::string>());
+  comm->set_timeout(std::chrono::milliseconds(static_cast<int64_t>(t * 1000)));
+  return comm;
+}
+
+int run_collective(cluster::Communicator& comm, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const coord::RootFailed&) {
+    return kExitInput;  // rank 0 prints why
+  } catch (const cluster::CommError& e) {
+    std::cerr << "rankprune: error: " << e.what() << "\n" << std::flush;
+    if (comm.size() > 1 && (comm.backend() == "mpi" || comm.backend() == "nccl")) comm.abort(coord::kExitLostRank, e.what());
+    return coord::kExitLostRank;
+  } catch (const UsageError&) {
+    if (comm.rank() != 0) return kExitUsage;
+    throw;
+  } catch (const InputError&) {
+    if (comm.rank() != 0) return kExitInput;
+    throw;
+  }
+}
+
+int64_t calibration_seq_len(const po::variables_map& vm) {
+  if (!vm.count("seq-len")) return 0;
+  const int64_t n = vm["seq-len"].as<int64_t>();
+  if (n < 2) throw UsageError(cat("--seq-len must be >= 2, got ", n));
+  return n;
 }
 
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option) {

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cluster/communicator.h"
 #include "eval/runner.h"
 #include "model/linear_lm.h"
 #include "prune/select.h"
@@ -24,6 +25,9 @@ struct Command {
   std::string usage;     // synopsis for `rankprune NAME --help`
   std::function<void(po::options_description&)> declare;
   std::function<int(const po::variables_map&)> run;
+  // Optional: maps positional arguments onto options declared by `declare` (e.g. `db merge A B`).
+  // Commands without it ignore positional arguments, as before.
+  std::function<void(po::positional_options_description&)> positional = {};
 };
 
 // Registration: each cmd_*.cpp adds its commands through these (called from main).
@@ -34,6 +38,7 @@ void register_sweep_commands(std::vector<Command>& out);  // sweep, query, repor
 void register_train_commands(std::vector<Command>& out);  // train
 void register_finetune_commands(std::vector<Command>& out);  // finetune
 void register_analyze_commands(std::vector<Command>& out);  // analyze
+void register_db_commands(std::vector<Command>& out);  // db (merge)
 
 // Shared option groups.
 void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads
@@ -41,11 +46,25 @@ void apply_threads(const po::variables_map& vm);
 // ForwardOptions from --dtype/--impl/--chunk-size; applies --threads. UsageError on bad values.
 ForwardOptions forward_options_from(const po::variables_map& vm);
 
+// --comm auto|local|mpi|nccl and --comm-timeout (sweep, calibrate), and the communicator they make.
+void add_cluster_options(po::options_description& d);
+std::unique_ptr<cluster::Communicator> communicator_from(const po::variables_map& vm);
+// Runs a collective command's body on this rank. A lost peer (cluster::CommError) is printed on
+// the rank that saw it and, under MPI, ends every rank (MPI_Abort) with exit code 4. Errors that
+// every rank raises alike (bad input or usage: every rank reads the same files and options) are
+// printed by rank 0 only; the other ranks exit with the same code quietly, as they do when rank 0
+// alone failed (coord::RootFailed).
+int run_collective(cluster::Communicator& comm, const std::function<int()>& body);
+
 // Model size options shared by init and train (--arch --hidden-size --num-layers --num-heads
 // --num-v-heads --head-k-dim --head-v-dim --vocab-size --intermediate-size --conv-size --use-gate
 // --allow-neg-eigval --tie-embeddings --init-std) and the shape they describe (vocab as given).
 void add_model_shape_options(po::options_description& d, int64_t vocab_default, const char* vocab_help);
 ModelShape model_shape_from(const po::variables_map& vm);
+
+// --seq-len of calibrate/prune/sweep: 0 when not given (the .npy rows' length, else 2048);
+// UsageError when given and < 2.
+int64_t calibration_seq_len(const po::variables_map& vm);
 
 // Parses "3,17,5" into ids; UsageError naming the option on bad input.
 std::vector<int64_t> parse_int_list(const std::string& text, const std::string& option);
@@ -57,11 +76,6 @@ std::string utc_now();
 // "a,b" -> {"a", "b"} (empty items dropped).
 std::vector<std::string> split_list(const std::string& text);
 
-// Writes `pruned` as an fla checkpoint folder `out` (temp dir + rename) with selection.json, the
-// base model's tokenizer files and, for pca, pca_rotation.safetensors. Ratio 0 without rotation
-// copies the base files byte for byte.
-void write_pruned_checkpoint(const std::string& base_dir, const LinearLM& pruned, const Selection& sel,
-                             const std::string& out);
 
 // Evaluation options (--tasks --limit --max-length --seq-len --add-bos-token --reuse-state
 // --data-dir and `batch_option`), shared by eval and sweep, and the settings they make.

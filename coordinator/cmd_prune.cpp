@@ -11,6 +11,7 @@
 #include "model/safetensors.h"
 #include "prune/select.h"
 #include "worker/calibration.h"
+#include "worker/export.h"
 
 namespace rankprune::cli {
 namespace {
@@ -23,7 +24,7 @@ void add_data_options(po::options_description& d) {
        "calibration files: .txt, .jsonl (field \"text\"), or .npy int32/int64 [N, L]")
       ("tokenizer", po::value<std::string>(),
        "SentencePiece .model or 'bytes' for text data (default: tokenizer.model in the model folder)")
-      ("seq-len", po::value<int64_t>()->default_value(2048), "tokens per calibration sequence")
+      ("seq-len", po::value<int64_t>(), "tokens per calibration sequence (default: the .npy rows' length, else 2048)")
       ("sequences", po::value<int64_t>()->default_value(128), "number of calibration sequences")
       ("batch-size", po::value<int64_t>()->default_value(1), "sequences per forward pass");
 }
@@ -43,7 +44,7 @@ CalibrationStats calibrate_from_options(const po::variables_map& vm, const std::
   if (!tok_path.empty()) tok = Tokenizer::load(tok_path);
   const int64_t batch = vm["batch-size"].as<int64_t>();
   if (batch < 1) throw UsageError("--batch-size must be >= 1");
-  auto data = load_calibration_data(files, tok.get(), tok_path, vm["seq-len"].as<int64_t>(),
+  auto data = load_calibration_data(files, tok.get(), tok_path, calibration_seq_len(vm),
                                     vm["sequences"].as<int64_t>(), seed, model.config().vocab_size);
   std::cerr << "calibrate: " << data.ids.size(0) << " sequences x " << data.ids.size(1) << " tokens (of "
             << data.available << " available)\n";
@@ -127,26 +128,6 @@ int run_prune(const po::variables_map& vm) {
 }
 
 }  // namespace
-
-void write_pruned_checkpoint(const std::string& base_dir, const LinearLM& pruned, const Selection& sel,
-                             const std::string& out) {
-  AtomicDir tmp(out);
-  if (sel.ratio == 0.0 && !sel.rotation.defined()) {
-    // Nothing removed (and nothing rotated): the input files, byte for byte.
-    for (const auto& e : fs::directory_iterator(base_dir))
-      if (e.is_regular_file()) fs::copy_file(e.path(), fs::path(tmp.path()) / e.path().filename());
-  } else {
-    pruned.save(tmp.path());
-    for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                          "generation_config.json"})
-      if (file_exists(path_join(base_dir, f))) fs::copy_file(path_join(base_dir, f), path_join(tmp.path(), f));
-  }
-  write_file_atomic(path_join(tmp.path(), "selection.json"), sel.to_text());
-  if (sel.rotation.defined())
-    save_safetensors(path_join(tmp.path(), "pca_rotation.safetensors"), {{"rotation", sel.rotation.contiguous()}},
-                     {{"shape", "[layers, heads, head_k_dim_new, head_k_dim_old]"}});
-  tmp.commit();
-}
 
 void register_prune_commands(std::vector<Command>& out) {
   out.push_back({"calibrate", "accumulate q/k Gram, Wanda and PCA statistics over calibration text",

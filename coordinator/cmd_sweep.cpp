@@ -1,29 +1,22 @@
-// `rankprune sweep`: prune-ratio sweeps into the results database, resumable; `query` and
-// `report` read it back. The coordinator is the database's only writer.
+// `rankprune sweep` (the command line of coordinator/sweep.h: 1 rank, or P under mpirun / srun),
+// and `query` / `report`, which read the results database back.
 //
 // A sweep is planned as variants (the unpruned baseline, then method x ratio x seed) times tasks.
 // Each (variant, task) is one job row; its metrics land in the same transaction that marks it
-// done, so a kill at any point loses at most the job that was running, and a re-run (which first
-// returns jobs left "running" to "pending") does exactly the jobs that are not done.
+// done, so a kill at any point loses at most the jobs that were running, and a re-run (which
+// takes over jobs whose lease went stale) does exactly the jobs that are not done.
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <chrono>
 #include <csignal>
-#include <cstdio>
-#include <ctime>
-#include <filesystem>
 #include <iostream>
-#include <sstream>
 
 #include "common/error.h"
 #include "common/fs.h"
-#include "common/progress.h"
-#include "common/sha256.h"
 #include "coordinator/cli.h"
+#include "coordinator/sweep.h"
+#include "coordinator/sweep_plan.h"
 #include "eval/runner.h"
-#include "prune/select.h"
 #include "storage/db.h"
 #include "storage/format.h"
 #include "storage/report.h"
@@ -36,25 +29,8 @@
 namespace rankprune::cli {
 namespace {
 
-namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
 std::atomic<int> g_stop_signal{0};
 extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
-
-std::string hostname() {
-  char buf[256] = {0};
-  if (gethostname(buf, sizeof buf - 1) != 0) return "unknown";
-  return buf;
-}
-
-struct PlannedVariant {
-  std::string method;  // "none" = the unpruned baseline
-  double ratio = 0;
-  int64_t seed = 0;
-  bool needs_stats = false;
-  std::vector<std::string> missing_tasks;  // jobs not done yet
-};
 
 // ------------------------------------------------------------------------------------- sweep
 
@@ -71,27 +47,20 @@ void declare_sweep(po::options_description& d) {
       ("db", po::value<std::string>()->default_value("results.db"), "results database (SQLite; created if absent)")
       ("stats-cache", po::value<std::string>(),
        "folder of cached calibration statistics, keyed by model + data hash (default: <db>.cache)")
-      ("seq-len", po::value<int64_t>()->default_value(2048), "tokens per calibration sequence")
+      ("seq-len", po::value<int64_t>(), "tokens per calibration sequence (default: the .npy rows' length, else 2048)")
       ("sequences", po::value<int64_t>()->default_value(128), "number of calibration sequences")
       ("seed", po::value<uint64_t>()->default_value(0), "seed for choosing the calibration sequences")
-      ("batch-size", po::value<int64_t>()->default_value(1), "calibration sequences per forward pass")
+      ("batch-size", po::value<int64_t>()->default_value(1),
+       "calibration sequences per forward pass (and per block of the rank-independent reduction)")
       ("save-pruned", po::value<std::string>(),
        "also write every pruned variant as an fla checkpoint under this folder, one subfolder per method-ratio-seed")
+      ("lease-seconds", po::value<double>()->default_value(120),
+       "a claimed job's lease in the DB, renewed every quarter of it; another run may take the job over only once "
+       "it has expired (or its process is gone)")
       ("config", po::value<std::string>(), "read options from this file (name = value lines); the command line wins");
   add_eval_options(d, "eval-batch-size", "eval-seq-len");
   add_compute_options(d);
-}
-
-// What changes a score, as canonical JSON: part of each job's identity, so a sweep with other
-// settings makes new jobs instead of mixing numbers.
-std::string eval_identity(const eval::EvalSettings& s, const std::string& tokenizer_sha) {
-  nlohmann::json j = {{"add_bos_token", s.add_bos},
-                      {"limit", s.limit > 0 ? nlohmann::json(s.limit) : nlohmann::json(nullptr)},
-                      {"max_length", s.engine.max_length},
-                      {"token_perplexity_seq_len", s.seq_len},
-                      {"dtype", std::string(c10::toString(s.engine.forward.dtype))},
-                      {"tokenizer_sha256", tokenizer_sha}};
-  return j.dump();
+  add_cluster_options(d);
 }
 
 std::string argv_json(const po::variables_map& vm) {
@@ -105,166 +74,53 @@ std::string argv_json(const po::variables_map& vm) {
     else if (const auto* u = boost::any_cast<uint64_t>(&a)) j[k] = *u;
     else if (const auto* n = boost::any_cast<long>(&a)) j[k] = *n;
     else if (const auto* t = boost::any_cast<int>(&a)) j[k] = *t;
+    else if (const auto* f = boost::any_cast<double>(&a)) j[k] = *f;
     else j[k] = "?";
   }
   return j.dump();
 }
 
 int run_sweep(const po::variables_map& vm) {
-  const std::string dir = vm["model"].as<std::string>();
-  const std::string db_path = vm["db"].as<std::string>();
-  // Validate the whole plan before any work.
-  std::vector<std::string> methods = split_list(vm["methods"].as<std::string>());
-  if (methods.empty()) throw UsageError("--methods: no method given");
-  for (const auto& m : methods) check_method(m);
-  std::vector<double> ratios = parse_double_list(vm["ratios"].as<std::string>(), "ratios");
-  for (double r : ratios)
-    if (!(r > 0 && r < 1)) throw UsageError(cat("--ratios: every ratio must be in (0, 1), got ", r));
-  const auto seeds = parse_int_list(vm["random-seeds"].as<std::string>(), "random-seeds");
-  const auto tasks = eval::parse_task_list(vm["tasks"].as<std::string>());
-  bool any_stats = false;
-  for (const auto& m : methods) any_stats = any_stats || method_needs_statistics(m);
-  if (any_stats && !vm.count("data"))
-    throw UsageError("--data is required: a method in --methods needs calibration statistics");
-
-  const ForwardOptions fo = forward_options_from(vm);
-  const LinearLM model = LinearLM::load(dir);
-  const std::string tok_path =
-      vm.count("tokenizer") ? vm["tokenizer"].as<std::string>() : path_join(dir, "tokenizer.model");
-  const auto tok = Tokenizer::load(tok_path);
-  const eval::EvalSettings es = eval_settings_from(vm, "eval-batch-size", "eval-seq-len", model.config(), fo);
-  const std::string eval_config = eval_identity(es, tok_path == "bytes" ? "bytes" : sha256_file(tok_path));
-  const std::string msha = model_sha(dir);
-
-  storage::Database db = storage::Database::open(db_path);
-  if (int n = db.reset_interrupted_jobs(); n > 0)
-    std::cerr << "sweep: " << n << " job(s) left running by an interrupted run go back to pending\n";
-  const int64_t run_id = db.begin_run(argv_json(vm), RANKPRUNE_GIT_SHA, hostname());
-  try {
-    const int64_t model_id =
-        db.ensure_model({dir, msha, arch_name(model.config().arch), model.config().to_json().dump()});
-
-    // Calibration identity (tokenizing the data is cheap next to the forward passes).
-    CalibrationData cdata;
-    std::optional<int64_t> cal_id;
-    std::string stats_path;
-    const uint64_t cal_seed = vm["seed"].as<uint64_t>();
-    if (any_stats) {
-      cdata = load_calibration_data(vm["data"].as<std::vector<std::string>>(), tok.get(), tok_path,
-                                    vm["seq-len"].as<int64_t>(), vm["sequences"].as<int64_t>(), cal_seed,
-                                    model.config().vocab_size);
-      const std::string cache = vm.count("stats-cache") ? vm["stats-cache"].as<std::string>() : db_path + ".cache";
-      stats_path = path_join(cache, sha256_hex(msha + "|" + cdata.data_sha).substr(0, 32) + ".stats.safetensors");
-      cal_id = db.ensure_calibration({model_id, cdata.data_sha, cdata.ids.size(1), cdata.ids.size(0),
-                                      static_cast<int64_t>(cal_seed), cdata.ids.numel(), stats_path});
-    }
-
-    // The plan, and what of it is not done yet.
-    std::vector<PlannedVariant> plan;
-    plan.push_back({"none", 0.0, 0, false, {}});
-    for (const auto& m : methods)
-      for (double r : ratios)
-        for (int64_t s : (m == "random" ? seeds : std::vector<int64_t>{0}))
-          plan.push_back({m, r, s, method_needs_statistics(m), {}});
-    int64_t total_jobs = 0, missing = 0;
-    bool stats_needed = false;
-    for (auto& v : plan) {
-      storage::VariantRecord key{model_id, v.needs_stats ? cal_id : std::nullopt, v.method, v.ratio, v.seed, 0, ""};
-      for (const auto& t : tasks) {
-        ++total_jobs;
-        if (db.find_job_state(key, t, eval_config) != std::optional<std::string>("done")) v.missing_tasks.push_back(t);
-      }
-      missing += static_cast<int64_t>(v.missing_tasks.size());
-      stats_needed = stats_needed || (v.needs_stats && !v.missing_tasks.empty());
-    }
-    if (missing == 0) {
-      std::cout << "sweep: nothing to do: all " << total_jobs << " jobs are done in " << db_path << "\n";
-      db.end_run(run_id, "ok");
-      return kExitOk;
-    }
-    std::cerr << "sweep: " << missing << " of " << total_jobs << " jobs to run (" << plan.size() << " variants x "
-              << tasks.size() << " tasks)\n";
-
-    // One statistics pass for every method and ratio, cached on disk by model + data hash.
-    CalibrationStats stats;
-    if (stats_needed) {
-      if (file_exists(stats_path)) {
-        stats = CalibrationStats::load(stats_path);
-        stats.check_matches(model.config(), msha, stats_path);
-        std::cerr << "sweep: statistics from cache " << stats_path << "\n";
-      } else {
-        std::cerr << "sweep: calibrating on " << cdata.ids.size(0) << " sequences x " << cdata.ids.size(1)
-                  << " tokens\n";
-        stats = collect_statistics(model, cdata.ids, vm["batch-size"].as<int64_t>(), fo);
-        stats.meta["model_sha"] = msha;
-        stats.meta["data_sha"] = cdata.data_sha;
-        stats.meta["seq_len"] = std::to_string(cdata.ids.size(1));
-        stats.meta["sequences"] = std::to_string(cdata.ids.size(0));
-        stats.meta["seed"] = std::to_string(cal_seed);
-        fs::create_directories(parent_dir(stats_path));
-        stats.save(stats_path);
-      }
-    }
-
-    std::signal(SIGINT, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
-    const std::string host = hostname();
-    int64_t done = 0;
-    for (const auto& v : plan) {
-      if (v.missing_tasks.empty()) continue;
-      const Selection sel = v.method == "none" ? Selection{} : select_channels(model, v.needs_stats ? &stats : nullptr,
-                                                                                v.method, v.ratio, static_cast<uint64_t>(v.seed));
-      const LinearLM pruned = v.method == "none" ? model : apply_selection(model, sel);
-      const std::string sel_json = v.method == "none" ? std::string("{}") : sel.to_json().dump();
-      const int64_t variant_id = db.ensure_variant({model_id, v.needs_stats ? cal_id : std::nullopt, v.method, v.ratio,
-                                                    v.seed, static_cast<int>(pruned.config().head_k_dim), sel_json});
-      if (vm.count("save-pruned") && v.method != "none") {
-        const std::string out = path_join(vm["save-pruned"].as<std::string>(),
-                                          cat(v.method, "-", storage::format_ratio(v.ratio), "-seed", v.seed));
-        if (!is_directory(out)) {
-          fs::create_directories(vm["save-pruned"].as<std::string>());
-          write_pruned_checkpoint(dir, pruned, sel, out);
-        }
-      }
-      for (const auto& t : v.missing_tasks) {
-        if (g_stop_signal) break;
-        const int64_t job = db.ensure_job(variant_id, t, eval_config);
-        db.start_job(job, host, 0, run_id);
-        const auto t0 = Clock::now();
-        eval::TaskResult r;
-        try {
-          Progress progress(cat("  ", v.method, " ", storage::format_ratio(v.ratio), " ", t), "units", std::cerr, 10.0, false);
-          r = eval::run_task(t, pruned, *tok, es, [&](int64_t d, int64_t n) { progress.update(d, n); });
-        } catch (const std::exception& e) {
-          db.fail_job(job, e.what());
-          throw;
-        }
-        std::vector<storage::MetricValue> mv;
-        for (const auto& m : r.metrics) mv.push_back({m.name, m.value, m.stderr_value});
-        db.complete_job(job, mv, std::chrono::duration<double>(Clock::now() - t0).count());
-        ++done;
-        std::ostringstream line;
-        line << "[" << done << "/" << missing << "] " << v.method << " ratio " << storage::format_ratio(v.ratio);
-        if (v.method == "random") line << " seed " << v.seed;
-        line << " " << t << ":";
-        for (const auto& m : r.metrics) line << " " << m.name << " " << m.value;
-        std::cout << line.str() << "\n" << std::flush;
-      }
-      if (g_stop_signal) break;
-    }
-    if (g_stop_signal) {
-      std::cerr << "sweep: stopped by signal " << g_stop_signal << " after " << done
-                << " job(s); re-run the same command to finish\n";
-      db.end_run(run_id, "interrupted");
-      return 128 + g_stop_signal;
-    }
-    db.end_run(run_id, "ok");
-    std::cout << "sweep: " << done << " job(s) done; results in " << db_path << "\n";
-    return kExitOk;
-  } catch (...) {
-    db.end_run(run_id, "failed");
-    throw;
-  }
+  // Signals from the first instruction: a TERM during loading or calibration stops the sweep at
+  // the next step boundary (statistics already computed are kept), not mid-write.
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+  auto comm = communicator_from(vm);
+  return run_collective(*comm, [&] {
+    coord::SweepRequest req;
+    req.variants = plan::plan_variants(split_list(vm["methods"].as<std::string>()),
+                                       parse_double_list(vm["ratios"].as<std::string>(), "ratios"),
+                                       parse_int_list(vm["random-seeds"].as<std::string>(), "random-seeds"));
+    req.tasks = eval::parse_task_list(vm["tasks"].as<std::string>());
+    bool any_stats = false;
+    for (const auto& v : req.variants) any_stats = any_stats || v.needs_stats;
+    if (any_stats && !vm.count("data"))
+      throw UsageError("--data is required: a method in --methods needs calibration statistics");
+    req.lease_seconds = vm["lease-seconds"].as<double>();
+    if (!(req.lease_seconds >= 1)) throw UsageError(cat("--lease-seconds must be at least 1, got ", req.lease_seconds));
+    req.forward = forward_options_from(vm);
+    req.model_dir = vm["model"].as<std::string>();
+    const LinearLM model = LinearLM::load(req.model_dir);
+    req.model = &model;
+    req.tokenizer_path =
+        vm.count("tokenizer") ? vm["tokenizer"].as<std::string>() : path_join(req.model_dir, "tokenizer.model");
+    const auto tok = Tokenizer::load(req.tokenizer_path);
+    req.tokenizer = tok.get();
+    req.eval = eval_settings_from(vm, "eval-batch-size", "eval-seq-len", model.config(), req.forward);
+    req.model_sha = model_sha(req.model_dir);
+    if (vm.count("data")) req.data = vm["data"].as<std::vector<std::string>>();
+    req.seq_len = calibration_seq_len(vm);
+    req.sequences = vm["sequences"].as<int64_t>();
+    req.seed = vm["seed"].as<uint64_t>();
+    req.batch_size = vm["batch-size"].as<int64_t>();
+    if (req.batch_size < 1) throw UsageError(cat("--batch-size must be >= 1, got ", req.batch_size));
+    req.db_path = vm["db"].as<std::string>();
+    if (vm.count("stats-cache")) req.stats_cache = vm["stats-cache"].as<std::string>();
+    if (vm.count("save-pruned")) req.save_pruned = vm["save-pruned"].as<std::string>();
+    req.argv_json = argv_json(vm);
+    req.git_sha = RANKPRUNE_GIT_SHA;
+    return coord::run_sweep(req, *comm, &g_stop_signal, std::cout, std::cerr);
+  });
 }
 
 // ------------------------------------------------------------------------------- query, report

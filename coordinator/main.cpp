@@ -30,6 +30,7 @@ int dispatch(int argc, char** argv) {
   register_train_commands(cmds);
   register_finetune_commands(cmds);
   register_analyze_commands(cmds);
+  register_db_commands(cmds);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
       std::string(argv[1]) == "help") {
     print_overview(cmds, std::cout);
@@ -48,7 +49,14 @@ int dispatch(int argc, char** argv) {
   cmd->declare(desc);
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc - 1, argv + 1).options(desc).run(), vm);
+    po::command_line_parser parser(argc - 1, argv + 1);
+    parser.options(desc);
+    po::positional_options_description positional;
+    if (cmd->positional) {
+      cmd->positional(positional);
+      parser.positional(positional);
+    }
+    po::store(parser.run(), vm);
     if (vm.count("help")) {
       std::cout << "usage: " << cmd->usage << "\n\n" << cmd->summary << "\n\n" << desc << "\n";
       return kExitOk;

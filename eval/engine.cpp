@@ -28,6 +28,11 @@ torch::Tensor packed(const std::vector<const std::vector<int>*>& rows, std::vect
   return ids;
 }
 
+void check_options(const EngineOptions& o) {
+  RP_CHECK_INPUT(o.batch_size >= 1, "--batch-size must be at least 1, got ", o.batch_size);
+  RP_CHECK_INPUT(o.max_length >= 1, "--max-length must be at least 1, got ", o.max_length);
+}
+
 // Indices 0..n-1 sorted by key descending, ties by index: lm-eval's longest-first order, stable.
 template <typename Key>
 std::vector<std::size_t> longest_first(std::size_t n, Key key) {
@@ -53,8 +58,7 @@ TruncatedInput truncate_request(const Request& r, int64_t max_length) {
 }
 
 Scorer::Scorer(const LinearLM& model, EngineOptions opts) : model_(model), opts_(std::move(opts)) {
-  RP_CHECK_INPUT(opts_.batch_size >= 1, "--batch-size must be at least 1, got ", opts_.batch_size);
-  RP_CHECK_INPUT(opts_.max_length >= 1, "--max-length must be at least 1, got ", opts_.max_length);
+  check_options(opts_);
 }
 
 std::vector<Score> Scorer::score_positions(const torch::Tensor& hidden, const std::vector<int64_t>& first,
@@ -93,31 +97,180 @@ std::vector<Score> Scorer::score_positions(const torch::Tensor& hidden, const st
   return out;
 }
 
-std::vector<Score> Scorer::score(const std::vector<Request>& requests, const ProgressFn& progress) const {
-  torch::NoGradGuard no_grad;
-  std::vector<TruncatedInput> in;
-  in.reserve(requests.size());
-  for (const auto& r : requests) in.push_back(truncate_request(r, opts_.max_length));
-  const auto order = longest_first(in.size(), [&](std::size_t i) { return in[i].tokens.size(); });
-  std::vector<Score> out(requests.size());
-  const auto B = static_cast<std::size_t>(opts_.batch_size);
+// ---------------------------------------------------------------------------------- Workload
+
+namespace {
+
+// Cuts `order` into batch_size pieces of kind `kind`; `cost(i)` is member i's token count.
+template <typename Cost>
+void cut_batches(const std::vector<std::size_t>& order, std::size_t B, Batch::Kind kind, Cost cost,
+                 std::vector<Batch>& out) {
   for (std::size_t lo = 0; lo < order.size(); lo += B) {
-    const std::size_t hi = std::min(order.size(), lo + B);
-    std::vector<const std::vector<int>*> rows;
-    std::vector<std::vector<int>> targets;
-    for (std::size_t k = lo; k < hi; ++k) {
-      const std::size_t i = order[k];
-      rows.push_back(&in[i].tokens);
-      targets.push_back(requests[i].continuation);
+    Batch b;
+    b.kind = kind;
+    for (std::size_t k = lo; k < std::min(order.size(), lo + B); ++k) {
+      b.members.push_back(order[k]);
+      b.tokens += cost(order[k]);
     }
-    std::vector<int64_t> lens, first;
-    auto h = model_.hidden_packed(packed(rows, &lens, &first), lens, nullptr, opts_.forward);
-    for (std::size_t k = lo; k < hi; ++k) first[k - lo] += in[order[k]].first_scored;
-    auto s = score_positions(h, first, targets);
-    for (std::size_t k = lo; k < hi; ++k) out[order[k]] = s[k - lo];
-    if (progress) progress(static_cast<int64_t>(hi), static_cast<int64_t>(order.size()));
+    out.push_back(std::move(b));
+  }
+}
+
+}  // namespace
+
+Workload Workload::of_requests(std::vector<Request> requests, const EngineOptions& opts) {
+  check_options(opts);
+  Workload w;
+  w.opts_ = opts;
+  w.requests_ = std::move(requests);
+  for (std::size_t i = 0; i < w.requests_.size(); ++i) {
+    w.truncated_.push_back(truncate_request(w.requests_[i], opts.max_length));
+    w.request_slot_.push_back(i);
+  }
+  const auto order = longest_first(w.truncated_.size(), [&](std::size_t i) { return w.truncated_[i].tokens.size(); });
+  cut_batches(order, static_cast<std::size_t>(opts.batch_size), Batch::Kind::kRequests,
+              [&](std::size_t i) { return static_cast<int64_t>(w.truncated_[i].tokens.size()); }, w.batches_);
+  int64_t done = 0;
+  for (auto& b : w.batches_) b.progress_after = done += static_cast<int64_t>(b.members.size());
+  w.outputs_ = w.requests_.size();
+  w.items_ = static_cast<int64_t>(w.requests_.size());
+  return w;
+}
+
+Workload Workload::of_groups(std::vector<Group> groups, const EngineOptions& opts) {
+  check_options(opts);
+  Workload w;
+  w.opts_ = opts;
+  w.groups_ = std::move(groups);
+  // Groups that reuse the state: no input of theirs is truncated (truncation would cut each
+  // choice's context differently). The rest are scored as independent requests.
+  std::vector<std::size_t> shared;
+  std::size_t n_alone = 0;
+  for (std::size_t i = 0; i < w.groups_.size(); ++i) {
+    const auto& g = w.groups_[i];
+    RP_ASSERT(!g.context.empty() && !g.continuations.empty(), "empty group ", i);
+    w.group_slot_.push_back(w.outputs_);
+    bool fits = opts.reuse_state;
+    for (const auto& c : g.continuations) {
+      RP_ASSERT(!c.empty(), "empty continuation in group ", i);
+      fits = fits && static_cast<int64_t>(g.context.size() + c.size()) <= opts.max_length + 1;
+    }
+    if (fits) {
+      shared.push_back(i);
+    } else {
+      ++n_alone;
+      for (std::size_t j = 0; j < g.continuations.size(); ++j) {
+        w.requests_.push_back({g.context, g.continuations[j]});
+        w.truncated_.push_back(truncate_request(w.requests_.back(), opts.max_length));
+        w.request_slot_.push_back(w.outputs_ + j);
+      }
+    }
+    w.outputs_ += g.continuations.size();
+  }
+  const auto B = static_cast<std::size_t>(opts.batch_size);
+  const auto alone_order =
+      longest_first(w.truncated_.size(), [&](std::size_t i) { return w.truncated_[i].tokens.size(); });
+  cut_batches(alone_order, B, Batch::Kind::kRequests,
+              [&](std::size_t i) { return static_cast<int64_t>(w.truncated_[i].tokens.size()); }, w.batches_);
+  // Progress of the expanded part in groups: proportional to the requests done.
+  std::size_t reqs_done = 0;
+  for (auto& b : w.batches_) {
+    reqs_done += b.members.size();
+    b.progress_after = static_cast<int64_t>(reqs_done * n_alone / std::max<std::size_t>(w.truncated_.size(), 1));
+  }
+  const std::size_t first_group_batch = w.batches_.size();
+  std::vector<std::size_t> order;
+  for (auto k : longest_first(shared.size(), [&](std::size_t k) { return w.groups_[shared[k]].context.size(); }))
+    order.push_back(shared[k]);
+  cut_batches(order, B, Batch::Kind::kGroups,
+              [&](std::size_t g) {
+                int64_t t = static_cast<int64_t>(w.groups_[g].context.size());
+                for (const auto& c : w.groups_[g].continuations) t += static_cast<int64_t>(c.size()) - 1;
+                return t;
+              },
+              w.batches_);
+  auto done = static_cast<int64_t>(n_alone);
+  for (std::size_t b = first_group_batch; b < w.batches_.size(); ++b)
+    w.batches_[b].progress_after = done += static_cast<int64_t>(w.batches_[b].members.size());
+  w.items_ = static_cast<int64_t>(w.groups_.size());
+  return w;
+}
+
+void Workload::place(std::size_t b, const std::vector<Score>& scores, std::vector<Score>& out) const {
+  RP_ASSERT(b < batches_.size() && out.size() == outputs_, "batch ", b, " of ", batches_.size());
+  const Batch& batch = batches_[b];
+  std::size_t k = 0;
+  for (auto m : batch.members) {
+    if (batch.kind == Batch::Kind::kRequests) {
+      RP_ASSERT(k < scores.size(), "batch ", b, ": too few scores");
+      out[request_slot_[m]] = scores[k++];
+    } else {
+      for (std::size_t j = 0; j < groups_[m].continuations.size(); ++j) {
+        RP_ASSERT(k < scores.size(), "batch ", b, ": too few scores");
+        out[group_slot_[m] + j] = scores[k++];
+      }
+    }
+  }
+  RP_ASSERT(k == scores.size(), "batch ", b, ": ", scores.size(), " scores for ", k, " slots");
+}
+
+std::vector<std::vector<Score>> Workload::by_group(const std::vector<Score>& flat) const {
+  RP_ASSERT(flat.size() == outputs_);
+  std::vector<std::vector<Score>> out(groups_.size());
+  for (std::size_t g = 0; g < groups_.size(); ++g) {
+    const auto b = flat.begin() + static_cast<std::ptrdiff_t>(group_slot_[g]);
+    out[g].assign(b, b + static_cast<std::ptrdiff_t>(groups_[g].continuations.size()));
   }
   return out;
+}
+
+// ------------------------------------------------------------------------------------ Scorer
+
+std::vector<Score> Scorer::score_request_batch(const Workload& w, const Batch& b) const {
+  std::vector<const std::vector<int>*> rows;
+  std::vector<std::vector<int>> targets;
+  for (auto i : b.members) {
+    rows.push_back(&w.truncated(i).tokens);
+    targets.push_back(w.requests()[i].continuation);
+  }
+  std::vector<int64_t> lens, first;
+  auto h = model_.hidden_packed(packed(rows, &lens, &first), lens, nullptr, opts_.forward);
+  for (std::size_t k = 0; k < b.members.size(); ++k) first[k] += w.truncated(b.members[k]).first_scored;
+  return score_positions(h, first, targets);
+}
+
+std::vector<Score> Scorer::run(const Workload& w, std::size_t b) const {
+  RP_ASSERT(b < w.batches().size(), "batch ", b, " of ", w.batches().size());
+  RP_ASSERT(w.options().batch_size == opts_.batch_size && w.options().max_length == opts_.max_length &&
+                w.options().reuse_state == opts_.reuse_state,
+            "workload planned with other engine options");
+  torch::NoGradGuard no_grad;
+  const Batch& batch = w.batches()[b];
+  if (batch.kind == Batch::Kind::kRequests) return score_request_batch(w, batch);
+  std::vector<const Group*> groups;
+  for (auto g : batch.members) groups.push_back(&w.groups()[g]);
+  std::vector<Score> flat;
+  for (auto& choices : score_group_batch(groups)) flat.insert(flat.end(), choices.begin(), choices.end());
+  return flat;
+}
+
+std::vector<Score> Scorer::run_all(const Workload& w, const ProgressFn& progress) const {
+  std::vector<Score> out(w.outputs());
+  for (std::size_t b = 0; b < w.batches().size(); ++b) {
+    w.place(b, run(w, b), out);
+    if (progress) progress(w.batches()[b].progress_after, w.items());
+  }
+  return out;
+}
+
+std::vector<Score> Scorer::score(const std::vector<Request>& requests, const ProgressFn& progress) const {
+  return run_all(Workload::of_requests(requests, opts_), progress);
+}
+
+std::vector<std::vector<Score>> Scorer::score_groups(const std::vector<Group>& groups,
+                                                     const ProgressFn& progress) const {
+  const Workload w = Workload::of_groups(groups, opts_);
+  return w.by_group(run_all(w, progress));
 }
 
 std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<const Group*>& batch) const {
@@ -189,52 +342,6 @@ std::vector<std::vector<Score>> Scorer::score_group_batch(const std::vector<cons
   for (std::size_t g = 0; g < batch.size(); ++g)
     for (std::size_t j = 0; j < batch[g]->continuations.size(); ++j, ++r)
       out[g].push_back({s0[r].logprob + s1[r].logprob, s0[r].greedy && s1[r].greedy});
-  return out;
-}
-
-std::vector<std::vector<Score>> Scorer::score_groups(const std::vector<Group>& groups,
-                                                     const ProgressFn& progress) const {
-  torch::NoGradGuard no_grad;
-  std::vector<std::vector<Score>> out(groups.size());
-  // Groups that reuse the state: no input of theirs is truncated (truncation would cut each
-  // choice's context differently). The rest are scored as independent requests.
-  std::vector<std::size_t> shared, alone;
-  for (std::size_t i = 0; i < groups.size(); ++i) {
-    const auto& g = groups[i];
-    RP_ASSERT(!g.context.empty() && !g.continuations.empty(), "empty group ", i);
-    bool fits = opts_.reuse_state;
-    for (const auto& c : g.continuations) {
-      RP_ASSERT(!c.empty(), "empty continuation in group ", i);
-      fits = fits && static_cast<int64_t>(g.context.size() + c.size()) <= opts_.max_length + 1;
-    }
-    (fits ? shared : alone).push_back(i);
-  }
-  const auto total = static_cast<int64_t>(groups.size());
-  int64_t done = 0;
-  if (!alone.empty()) {
-    std::vector<Request> reqs;
-    for (auto i : alone)
-      for (const auto& c : groups[i].continuations) reqs.push_back({groups[i].context, c});
-    const auto n_alone = static_cast<int64_t>(alone.size());
-    ProgressFn sub = nullptr;
-    if (progress) sub = [&](int64_t d, int64_t t) { progress(d * n_alone / std::max<int64_t>(t, 1), total); };
-    auto s = score(reqs, sub);
-    std::size_t r = 0;
-    for (auto i : alone)
-      for (std::size_t j = 0; j < groups[i].continuations.size(); ++j) out[i].push_back(s[r++]);
-    done = n_alone;
-  }
-  const auto order = longest_first(shared.size(), [&](std::size_t k) { return groups[shared[k]].context.size(); });
-  const auto B = static_cast<std::size_t>(opts_.batch_size);
-  for (std::size_t lo = 0; lo < order.size(); lo += B) {
-    const std::size_t hi = std::min(order.size(), lo + B);
-    std::vector<const Group*> batch;
-    for (std::size_t k = lo; k < hi; ++k) batch.push_back(&groups[shared[order[k]]]);
-    auto s = score_group_batch(batch);
-    for (std::size_t k = lo; k < hi; ++k) out[shared[order[k]]] = std::move(s[k - lo]);
-    done += static_cast<int64_t>(hi - lo);
-    if (progress) progress(done, total);
-  }
   return out;
 }
 

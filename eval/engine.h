@@ -3,7 +3,7 @@
 // max_length + 1 tokens minus its last token, and a request's score is the sum of the log-softmax
 // probabilities of its continuation tokens, plus whether each is the argmax (greedy match).
 //
-// Two ways in:
+// Two ways in (both planned as a Workload of batches, which a distributed run shares out):
 //  - score(): independent requests, each from a fresh state, longest first (lm-eval's order),
 //    batch_size at a time, packed end to end without padding (LinearLM::hidden_packed).
 //  - score_groups(): one shared context and several continuations (multiple choice). With state
@@ -49,6 +49,60 @@ struct Score {
 // Called with (units done, units total) as work completes.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 
+// The truncated input of every request is computed once, when a workload is planned.
+struct TruncatedInput {
+  std::vector<int> tokens;
+  int64_t first_scored = 0;  // position whose output predicts continuation[0]
+};
+
+// One packed forward of a workload.
+struct Batch {
+  enum class Kind { kRequests, kGroups };
+  Kind kind = Kind::kRequests;
+  std::vector<std::size_t> members;  // kRequests: indices into Workload::requests(); kGroups: group indices
+  int64_t tokens = 0;                // positions run through the layers: the batch's cost
+  int64_t progress_after = 0;        // items (requests or groups) done once this batch and all before it are
+};
+
+// The work of Scorer::score() / score_groups() planned as batches. The cut depends only on the
+// token lengths and the options (batch_size, max_length, reuse_state), never on where or in what
+// order batches run: any subset of batches can run on any rank, and placing their scores gives
+// bitwise what one process computes (docs/distributed.md).
+//  - of_requests: longest first (lm-eval's order), batch_size requests per batch.
+//  - of_groups: groups that cannot reuse the state (reuse off, or an input longer than
+//    max_length + 1) are expanded into (context, continuation) requests and batched as above,
+//    first; the rest go longest context first, batch_size groups per batch.
+// Scores are laid out flat: one per request, or per (group, choice) in input order.
+class Workload {
+ public:
+  static Workload of_requests(std::vector<Request> requests, const EngineOptions& opts);
+  static Workload of_groups(std::vector<Group> groups, const EngineOptions& opts);
+
+  const EngineOptions& options() const { return opts_; }
+  const std::vector<Batch>& batches() const { return batches_; }
+  std::size_t outputs() const { return outputs_; }  // flat scores
+  int64_t items() const { return items_; }          // progress units: requests or groups
+  const std::vector<Request>& requests() const { return requests_; }
+  const std::vector<Group>& groups() const { return groups_; }
+  const TruncatedInput& truncated(std::size_t request) const { return truncated_[request]; }
+
+  // Writes the scores of batch `b` (as Scorer::run returns them) to their flat slots in `out`.
+  void place(std::size_t b, const std::vector<Score>& scores, std::vector<Score>& out) const;
+  // Flat scores -> one vector of choice scores per group (group workloads).
+  std::vector<std::vector<Score>> by_group(const std::vector<Score>& flat) const;
+
+ private:
+  EngineOptions opts_;
+  std::vector<Request> requests_;          // requests, or the expanded groups that run alone
+  std::vector<TruncatedInput> truncated_;  // per request
+  std::vector<std::size_t> request_slot_;  // flat slot of requests_[i]
+  std::vector<Group> groups_;
+  std::vector<std::size_t> group_slot_;    // flat slot of group g's first choice
+  std::vector<Batch> batches_;
+  std::size_t outputs_ = 0;
+  int64_t items_ = 0;
+};
+
 class Scorer {
  public:
   Scorer(const LinearLM& model, EngineOptions opts);
@@ -56,6 +110,11 @@ class Scorer {
   std::vector<Score> score(const std::vector<Request>& requests, const ProgressFn& progress = nullptr) const;
   std::vector<std::vector<Score>> score_groups(const std::vector<Group>& groups,
                                                const ProgressFn& progress = nullptr) const;
+  // One batch of a workload planned with this scorer's options: its members' scores in member
+  // order (for kGroups, each group's choices in order).
+  std::vector<Score> run(const Workload& w, std::size_t batch) const;
+  // Every batch in order, placed: the flat scores.
+  std::vector<Score> run_all(const Workload& w, const ProgressFn& progress = nullptr) const;
 
   const EngineOptions& options() const { return opts_; }
 
@@ -64,6 +123,7 @@ class Scorer {
   // `first[i] + j`.
   std::vector<Score> score_positions(const torch::Tensor& hidden, const std::vector<int64_t>& first,
                                      const std::vector<std::vector<int>>& targets) const;
+  std::vector<Score> score_request_batch(const Workload& w, const Batch& b) const;
   std::vector<std::vector<Score>> score_group_batch(const std::vector<const Group*>& batch) const;
 
   const LinearLM& model_;
@@ -73,10 +133,6 @@ class Scorer {
 // The (input, scored positions) lm-eval builds for one request: tokens = (context +
 // continuation)[-(max_length + 1):][:-1]; the continuation is predicted at the last
 // len(continuation) positions. Exposed for tests.
-struct TruncatedInput {
-  std::vector<int> tokens;
-  int64_t first_scored = 0;  // position whose output predicts continuation[0]
-};
 TruncatedInput truncate_request(const Request& r, int64_t max_length);
 
 }  // namespace rankprune::eval

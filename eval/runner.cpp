@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <sstream>
 
 #include "common/error.h"
@@ -53,8 +54,10 @@ double bootstrap_perplexity_stderr(const std::vector<double>& lls, int iters = 1
   return mean_stderr(stats).std_err * std::sqrt(static_cast<double>(iters));
 }
 
-TaskResult multiple_choice(const std::string& task, const std::vector<McItem>& items, int64_t original,
-                           const Scorer& scorer, const Tokenizer& tok, const EvalSettings& s, const ProgressFn& p) {
+using Scores = std::vector<std::vector<Score>>;  // flat scores per workload of a task
+
+PreparedTask multiple_choice(const std::string& task, std::vector<McItem> items, int64_t original,
+                             const Tokenizer& tok, const EvalSettings& s) {
   std::vector<Group> groups;
   groups.reserve(items.size());
   for (const auto& it : items) {
@@ -67,70 +70,86 @@ TaskResult multiple_choice(const std::string& task, const std::vector<McItem>& i
     }
     groups.push_back(std::move(g));
   }
-  const auto scores = scorer.score_groups(groups, p);
-  std::vector<double> acc, acc_norm;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    std::vector<double> lls;
-    for (const auto& sc : scores[i]) lls.push_back(sc.logprob);
-    const auto r = score_multiple_choice(lls, items[i].continuations, items[i].gold);
-    acc.push_back(r.acc);
-    acc_norm.push_back(r.acc_norm);
-  }
-  TaskResult out;
-  out.task = task;
-  out.samples = static_cast<int64_t>(items.size());
-  out.original_samples = original;
-  out.metrics = {with_stderr("acc", acc), with_stderr("acc_norm", acc_norm)};
-  return out;
+  PreparedTask p;
+  p.task = task;
+  p.parts.push_back(Workload::of_groups(std::move(groups), s.engine));
+  p.finish = [task, items = std::move(items), original](const PreparedTask& self, const Scores& flat) {
+    const auto scores = self.parts[0].by_group(flat[0]);
+    std::vector<double> acc, acc_norm;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      std::vector<double> lls;
+      for (const auto& sc : scores[i]) lls.push_back(sc.logprob);
+      const auto r = score_multiple_choice(lls, items[i].continuations, items[i].gold);
+      acc.push_back(r.acc);
+      acc_norm.push_back(r.acc_norm);
+    }
+    TaskResult out;
+    out.task = task;
+    out.samples = static_cast<int64_t>(items.size());
+    out.original_samples = original;
+    out.metrics = {with_stderr("acc", acc), with_stderr("acc_norm", acc_norm)};
+    return out;
+  };
+  return p;
 }
 
-TaskResult winogrande(const std::vector<PartialItem>& items, int64_t original, const Scorer& scorer,
-                      const Tokenizer& tok, const EvalSettings& s, const ProgressFn& p) {
+PreparedTask winogrande(std::vector<PartialItem> items, int64_t original, const Tokenizer& tok,
+                        const EvalSettings& s) {
   std::vector<Request> reqs;
   for (const auto& it : items)
     for (const auto& ctx : it.contexts) reqs.push_back(encode_pair(tok, ctx, it.continuation, s.add_bos));
-  const auto scores = scorer.score(reqs, p);
-  std::vector<double> acc;
-  std::size_t r = 0;
-  for (const auto& it : items) {
-    std::vector<double> lls;
-    for (std::size_t c = 0; c < it.contexts.size(); ++c) lls.push_back(scores[r++].logprob);
-    acc.push_back(static_cast<int>(argmax_first(lls)) == it.gold ? 1.0 : 0.0);
-  }
-  TaskResult out;
-  out.task = "winogrande";
-  out.samples = static_cast<int64_t>(items.size());
-  out.original_samples = original;
-  out.metrics = {with_stderr("acc", acc)};
-  return out;
+  PreparedTask p;
+  p.task = "winogrande";
+  p.parts.push_back(Workload::of_requests(std::move(reqs), s.engine));
+  p.finish = [items = std::move(items), original](const PreparedTask&, const Scores& flat) {
+    const auto& scores = flat[0];
+    std::vector<double> acc;
+    std::size_t r = 0;
+    for (const auto& it : items) {
+      std::vector<double> lls;
+      for (std::size_t c = 0; c < it.contexts.size(); ++c) lls.push_back(scores[r++].logprob);
+      acc.push_back(static_cast<int>(argmax_first(lls)) == it.gold ? 1.0 : 0.0);
+    }
+    TaskResult out;
+    out.task = "winogrande";
+    out.samples = static_cast<int64_t>(items.size());
+    out.original_samples = original;
+    out.metrics = {with_stderr("acc", acc)};
+    return out;
+  };
+  return p;
 }
 
-TaskResult lambada(const std::vector<LambadaItem>& items, int64_t original, const Scorer& scorer,
-                   const Tokenizer& tok, const EvalSettings& s, const ProgressFn& p) {
+PreparedTask lambada(const std::vector<LambadaItem>& items, int64_t original, const Tokenizer& tok,
+                     const EvalSettings& s) {
   std::vector<Request> reqs;
   for (const auto& it : items) reqs.push_back(encode_pair(tok, it.context, it.target, s.add_bos));
-  const auto scores = scorer.score(reqs, p);
-  std::vector<double> lls, acc;
-  for (const auto& sc : scores) lls.push_back(sc.logprob), acc.push_back(sc.greedy ? 1.0 : 0.0);
-  TaskResult out;
-  out.task = "lambada_openai";
-  out.samples = static_cast<int64_t>(items.size());
-  out.original_samples = original;
-  MetricResult ppl{"perplexity", perplexity(lls), std::nullopt};
-  const double se = bootstrap_perplexity_stderr(lls);
-  if (std::isfinite(se)) ppl.stderr_value = se;
-  out.metrics = {with_stderr("acc", acc), ppl};
-  out.extra["perplexity_stderr"] = "bootstrap, 10000 resamples (lm-eval: 100000, its own RNG)";
-  return out;
+  PreparedTask p;
+  p.task = "lambada_openai";
+  p.parts.push_back(Workload::of_requests(std::move(reqs), s.engine));
+  p.finish = [n = static_cast<int64_t>(items.size()), original](const PreparedTask&, const Scores& flat) {
+    std::vector<double> lls, acc;
+    for (const auto& sc : flat[0]) lls.push_back(sc.logprob), acc.push_back(sc.greedy ? 1.0 : 0.0);
+    TaskResult out;
+    out.task = "lambada_openai";
+    out.samples = n;
+    out.original_samples = original;
+    MetricResult ppl{"perplexity", perplexity(lls), std::nullopt};
+    const double se = bootstrap_perplexity_stderr(lls);
+    if (std::isfinite(se)) ppl.stderr_value = se;
+    out.metrics = {with_stderr("acc", acc), ppl};
+    out.extra["perplexity_stderr"] = "bootstrap, 10000 resamples (lm-eval: 100000, its own RNG)";
+    return out;
+  };
+  return p;
 }
 
-TaskResult wikitext(const LinearLM& model, const Scorer& scorer, const Tokenizer& tok, const EvalSettings& s,
-                    const ProgressFn& p) {
+PreparedTask wikitext(const Tokenizer& tok, const EvalSettings& s) {
   const std::string path = task_path(s, "text/wikitext2/wiki.test.raw");
   auto docs = read_wikitext(path);
   const int64_t all_docs = keep_first(docs, s.limit);
   const int prefix = prefix_token(tok);
-  const auto L = static_cast<std::size_t>(scorer.options().max_length);
+  const auto L = static_cast<std::size_t>(s.engine.max_length);
   // Rolling windows of every document, each from a fresh state (lm-eval's loglikelihood_rolling).
   std::vector<Request> reqs;
   std::vector<std::size_t> doc_of;
@@ -156,39 +175,39 @@ TaskResult wikitext(const LinearLM& model, const Scorer& scorer, const Tokenizer
     const auto b = text_ids.begin() + static_cast<std::ptrdiff_t>(c * S);
     chunk_reqs.push_back({std::vector<int>(b, b + 1), std::vector<int>(b + 1, b + static_cast<std::ptrdiff_t>(S))});
   }
-  const auto total = static_cast<int64_t>(reqs.size() + chunk_reqs.size());
-  ProgressFn p1 = nullptr, p2 = nullptr;
-  if (p) {
-    p1 = [&](int64_t d, int64_t) { p(d, total); };
-    p2 = [&](int64_t d, int64_t) { p(static_cast<int64_t>(reqs.size()) + d, total); };
-  }
-  const auto scores = scorer.score(reqs, p1);
-  EngineOptions chunk_opts = scorer.options();
+  EngineOptions chunk_opts = s.engine;
   chunk_opts.max_length = std::max<int64_t>(chunk_opts.max_length, s.seq_len);
-  const auto chunk_scores = Scorer(model, chunk_opts).score(chunk_reqs, p2);
-
-  std::vector<double> lls(docs.size(), 0.0);
-  for (std::size_t i = 0; i < scores.size(); ++i) lls[doc_of[i]] += scores[i].logprob;
+  const std::size_t windows = reqs.size();
+  PreparedTask p;
+  p.task = "wikitext";
+  p.parts.push_back(Workload::of_requests(std::move(reqs), s.engine));
+  p.parts.push_back(Workload::of_requests(std::move(chunk_reqs), chunk_opts));
   std::vector<int64_t> words, bytes;
   for (const auto& d : docs) words.push_back(d.words), bytes.push_back(d.bytes);
-  double nll = 0;
-  for (const auto& c : chunk_scores) nll -= c.logprob;
-  const double predicted = static_cast<double>(chunks * (S - 1));
-
-  TaskResult out;
-  out.task = "wikitext";
-  out.samples = static_cast<int64_t>(docs.size());
-  out.original_samples = all_docs;
-  out.metrics = {{"word_perplexity", word_perplexity(lls, words), std::nullopt},
-                 {"byte_perplexity", byte_perplexity(lls, bytes), std::nullopt},
-                 {"bits_per_byte", bits_per_byte(lls, bytes), std::nullopt},
-                 {"token_perplexity", std::exp(nll / predicted), std::nullopt}};
-  out.extra = {{"rolling_windows", reqs.size()},
-               {"document_tokens", doc_tokens},
-               {"token_perplexity_seq_len", s.seq_len},
-               {"token_perplexity_chunks", chunks},
-               {"token_perplexity_predicted_tokens", chunks * (S - 1)}};
-  return out;
+  p.finish = [n_docs = docs.size(), all_docs, doc_of = std::move(doc_of), words = std::move(words),
+              bytes = std::move(bytes), chunks, S, windows, doc_tokens,
+              seq_len = s.seq_len](const PreparedTask&, const Scores& flat) {
+    std::vector<double> lls(n_docs, 0.0);
+    for (std::size_t i = 0; i < flat[0].size(); ++i) lls[doc_of[i]] += flat[0][i].logprob;
+    double nll = 0;
+    for (const auto& c : flat[1]) nll -= c.logprob;
+    const double predicted = static_cast<double>(chunks * (S - 1));
+    TaskResult out;
+    out.task = "wikitext";
+    out.samples = static_cast<int64_t>(n_docs);
+    out.original_samples = all_docs;
+    out.metrics = {{"word_perplexity", word_perplexity(lls, words), std::nullopt},
+                   {"byte_perplexity", byte_perplexity(lls, bytes), std::nullopt},
+                   {"bits_per_byte", bits_per_byte(lls, bytes), std::nullopt},
+                   {"token_perplexity", std::exp(nll / predicted), std::nullopt}};
+    out.extra = {{"rolling_windows", windows},
+                 {"document_tokens", doc_tokens},
+                 {"token_perplexity_seq_len", seq_len},
+                 {"token_perplexity_chunks", chunks},
+                 {"token_perplexity_predicted_tokens", chunks * (S - 1)}};
+    return out;
+  };
+  return p;
 }
 
 }  // namespace
@@ -251,36 +270,83 @@ Request encode_pair(const Tokenizer& tok, const std::string& context, const std:
   return r;
 }
 
-TaskResult run_task(const std::string& task, const LinearLM& model, const Tokenizer& tok, const EvalSettings& s,
-                    const ProgressFn& progress) {
-  const auto t0 = Clock::now();
-  const Scorer scorer(model, s.engine);
-  TaskResult r;
+PreparedTask prepare_task(const std::string& task, const Tokenizer& tok, const EvalSettings& s) {
   if (task == "piqa") {
     auto items = read_piqa(task_path(s, "tasks/piqa/valid.jsonl"), task_path(s, "tasks/piqa/valid-labels.lst"));
     const int64_t all = keep_first(items, s.limit);
-    r = multiple_choice(task, items, all, scorer, tok, s, progress);
-  } else if (task == "hellaswag") {
+    return multiple_choice(task, std::move(items), all, tok, s);
+  }
+  if (task == "hellaswag") {
     auto items = read_hellaswag(task_path(s, "tasks/hellaswag/hellaswag_val_full.txt"));
     const int64_t all = keep_first(items, s.limit);
-    r = multiple_choice(task, items, all, scorer, tok, s, progress);
-  } else if (task == "arc_easy" || task == "arc_challenge") {
+    return multiple_choice(task, std::move(items), all, tok, s);
+  }
+  if (task == "arc_easy" || task == "arc_challenge") {
     auto items = read_arc(task_path(s, "tasks/llmfoundry/" + task + ".jsonl"));
     const int64_t all = keep_first(items, s.limit);
-    r = multiple_choice(task, items, all, scorer, tok, s, progress);
-  } else if (task == "winogrande") {
+    return multiple_choice(task, std::move(items), all, tok, s);
+  }
+  if (task == "winogrande") {
     auto items = read_winogrande(task_path(s, "tasks/llmfoundry/winogrande.jsonl"));
     const int64_t all = keep_first(items, s.limit);
-    r = winogrande(items, all, scorer, tok, s, progress);
-  } else if (task == "lambada_openai") {
+    return winogrande(std::move(items), all, tok, s);
+  }
+  if (task == "lambada_openai") {
     auto items = read_lambada(task_path(s, "tasks/lambada_openai/lambada_test.jsonl"));
     const int64_t all = keep_first(items, s.limit);
-    r = lambada(items, all, scorer, tok, s, progress);
-  } else if (task == "wikitext") {
-    r = wikitext(model, scorer, tok, s, progress);
-  } else {
-    throw UsageError(cat("unknown task '", task, "'"));
+    return lambada(items, all, tok, s);
   }
+  if (task == "wikitext") return wikitext(tok, s);
+  throw UsageError(cat("unknown task '", task, "'"));
+}
+
+std::vector<Unit> PreparedTask::units() const {
+  std::vector<Unit> out;
+  for (std::size_t p = 0; p < parts.size(); ++p)
+    for (std::size_t b = 0; b < parts[p].batches().size(); ++b) out.push_back({p, b, parts[p].batches()[b].tokens});
+  return out;
+}
+
+int64_t PreparedTask::items() const {
+  int64_t n = 0;
+  for (const auto& w : parts) n += w.items();
+  return n;
+}
+
+std::vector<std::vector<Score>> score_units(const LinearLM& model, const PreparedTask& t, std::size_t lo,
+                                            std::size_t hi, const ProgressFn& progress) {
+  const auto units = t.units();
+  RP_ASSERT(lo <= hi && hi <= units.size(), "units [", lo, ", ", hi, ") of ", units.size());
+  std::vector<std::vector<Score>> out;
+  std::vector<int64_t> items_before(t.parts.size(), 0);
+  for (std::size_t p = 1; p < t.parts.size(); ++p) items_before[p] = items_before[p - 1] + t.parts[p - 1].items();
+  std::optional<Scorer> scorer;
+  std::size_t scorer_part = 0;
+  for (std::size_t u = lo; u < hi; ++u) {
+    const Unit& unit = units[u];
+    if (!scorer || scorer_part != unit.part) scorer.emplace(model, t.parts[unit.part].options()), scorer_part = unit.part;
+    out.push_back(scorer->run(t.parts[unit.part], unit.batch));
+    if (progress)
+      progress(items_before[unit.part] + t.parts[unit.part].batches()[unit.batch].progress_after, t.items());
+  }
+  return out;
+}
+
+TaskResult finish_task(const PreparedTask& t, const std::vector<std::vector<Score>>& unit_scores) {
+  const auto units = t.units();
+  RP_ASSERT(unit_scores.size() == units.size(), t.task, ": scores of ", unit_scores.size(), " units, expected ",
+            units.size());
+  std::vector<std::vector<Score>> flat;
+  for (const auto& w : t.parts) flat.emplace_back(w.outputs());
+  for (std::size_t u = 0; u < units.size(); ++u) t.parts[units[u].part].place(units[u].batch, unit_scores[u], flat[units[u].part]);
+  return t.finish(t, flat);
+}
+
+TaskResult run_task(const std::string& task, const LinearLM& model, const Tokenizer& tok, const EvalSettings& s,
+                    const ProgressFn& progress) {
+  const auto t0 = Clock::now();
+  const PreparedTask t = prepare_task(task, tok, s);
+  TaskResult r = finish_task(t, score_units(model, t, 0, t.units().size(), progress));
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   return r;
 }

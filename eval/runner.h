@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,7 +55,32 @@ int prefix_token(const Tokenizer& tok);
 Request encode_pair(const Tokenizer& tok, const std::string& context, const std::string& continuation,
                     bool add_bos);
 
-// Runs one task; progress (items done / total) goes to `progress` when given.
+// A task read, encoded and planned, ready to be scored anywhere: its workloads (one per scorer
+// the task needs; wikitext has two: rolling windows and token-perplexity chunks) and the metric
+// arithmetic that turns their flat scores into the task's result. Does not need the model, so a
+// coordinator can plan shards of a task without loading weights.
+struct Unit {
+  std::size_t part = 0, batch = 0;  // workload and batch
+  int64_t tokens = 0;               // cost
+};
+struct PreparedTask {
+  std::string task;
+  std::vector<Workload> parts;
+  std::function<TaskResult(const PreparedTask&, const std::vector<std::vector<Score>>&)> finish;
+
+  // Every batch of every part, in order: the units a (variant, task) job is sharded by.
+  std::vector<Unit> units() const;
+  int64_t items() const;  // progress units over all parts
+};
+PreparedTask prepare_task(const std::string& task, const Tokenizer& tok, const EvalSettings& s);
+// Scores units [lo, hi): one score vector per unit, as Scorer::run returns it.
+std::vector<std::vector<Score>> score_units(const LinearLM& model, const PreparedTask& t, std::size_t lo,
+                                            std::size_t hi, const ProgressFn& progress = nullptr);
+// Every unit's scores (from any ranks, in unit order) -> the task's metrics; seconds stays 0.
+TaskResult finish_task(const PreparedTask& t, const std::vector<std::vector<Score>>& unit_scores);
+
+// Runs one task (prepare_task + score_units over all units + finish_task); progress (items done /
+// total) goes to `progress` when given.
 TaskResult run_task(const std::string& task, const LinearLM& model, const Tokenizer& tok, const EvalSettings& s,
                     const ProgressFn& progress = nullptr);
 

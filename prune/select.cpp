@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "common/random.h"
 #include "prune/gram_select.h"
 
 namespace rankprune {
@@ -74,49 +75,98 @@ torch::Tensor pca_rotation(const CalibrationStats& s, int64_t l, int64_t k, bool
   return vecs.narrow(-1, 0, k).transpose(-1, -2).contiguous();                           // [H, k, dk]
 }
 
-Selection select_channels(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
-                          double ratio, uint64_t seed, bool pca_include_queries) {
+namespace {
+
+void check_request(const LinearLM& model, const CalibrationStats* stats, const std::string& method) {
   check_method(method);
-  const ModelConfig& c = model.config();
-  const int64_t L = c.num_hidden_layers, H = c.num_heads, dk = c.head_k_dim;
-  Selection sel;
-  sel.method = method, sel.ratio = ratio, sel.seed = seed;
-  sel.head_k_dim = kept_channels(dk, ratio);
-  const int64_t k = sel.head_k_dim;
   if (method_needs_statistics(method))
     RP_CHECK_INPUT(stats != nullptr, "method '", method, "' needs calibration statistics (--stats or --data)");
+  (void)model;
+}
+
+}  // namespace
+
+std::vector<HeadSelection> select_heads(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
+                                        double ratio, uint64_t seed, int64_t lo, int64_t hi) {
+  check_request(model, stats, method);
+  RP_ASSERT(method != "pca", "pca rotates; it has no per-head index sets");
+  const ModelConfig& c = model.config();
+  const int64_t H = c.num_heads, dk = c.head_k_dim;
+  RP_ASSERT(0 <= lo && lo <= hi && hi <= c.num_hidden_layers * H, "problems [", lo, ", ", hi, ")");
+  const int64_t k = kept_channels(dk, ratio);
+  std::vector<HeadSelection> out;
+  std::vector<std::vector<double>> layer_scores;  // l1 / wanda: one layer's scores, reused across its heads
+  int64_t scored_layer = -1;
+  for (int64_t p = lo; p < hi; ++p) {
+    const int64_t l = p / H, h = p % H;
+    HeadSelection r;
+    if (method == "l1" || method == "wanda") {
+      if (scored_layer != l) {
+        torch::Tensor colw;
+        if (method == "wanda")
+          colw = (stats->x_sq[l] / static_cast<double>(std::max<int64_t>(1, stats->tokens))).sqrt();
+        layer_scores = weight_scores(model.weights().layers[l], H, dk, colw);
+        scored_layer = l;
+      }
+      r.kept = top_k(layer_scores[h], k);
+    } else if (method == "random") {
+      r.kept = choose_indices(dk, k, seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(l * H + h + 1)));
+    } else {
+      auto g = stats->gram[l][h].contiguous();  // [dk, dk] float64
+      GramSelection gs = select_from_gram(g.data_ptr<double>(), dk, k, method == "drrqr");
+      r.kept = std::move(gs.kept);
+      r.swaps = gs.swaps;
+      r.hit_swap_limit = gs.hit_swap_limit;
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+torch::Tensor pca_layers(const CalibrationStats& stats, double ratio, bool include_queries, int64_t lo, int64_t hi) {
+  const int64_t k = kept_channels(stats.head_k_dim, ratio);
+  std::vector<torch::Tensor> rot;
+  for (int64_t l = lo; l < hi; ++l) rot.push_back(pca_rotation(stats, l, k, include_queries));
+  if (rot.empty()) return torch::empty({0, stats.heads, k, stats.head_k_dim}, torch::kFloat64);
+  return torch::stack(rot);
+}
+
+Selection assemble_selection(const ModelConfig& c, const std::string& method, double ratio, uint64_t seed,
+                             std::vector<HeadSelection> heads, const torch::Tensor& rotation, bool pca_include_queries) {
+  const int64_t L = c.num_hidden_layers, H = c.num_heads;
+  Selection sel;
+  sel.method = method, sel.ratio = ratio, sel.seed = seed;
+  sel.head_k_dim = kept_channels(c.head_k_dim, ratio);
   if (method == "pca") {
-    std::vector<torch::Tensor> rot;
-    for (int64_t l = 0; l < L; ++l) rot.push_back(pca_rotation(*stats, l, k, pca_include_queries));
-    sel.rotation = torch::stack(rot);
+    RP_ASSERT(rotation.defined() && rotation.size(0) == L, "pca rotation for ", L, " layers");
+    sel.rotation = rotation;
     sel.extra = {{"rotation", true}, {"include_queries", pca_include_queries},
                  {"conv_approximation", "new filter r = sum_d T[r,d]^2 * old filter d (not exact)"}};
     return sel;
   }
+  RP_ASSERT(static_cast<int64_t>(heads.size()) == L * H, heads.size(), " head selections for ", L * H, " heads");
   sel.kept.resize(static_cast<std::size_t>(L));
   int64_t swaps = 0, heads_at_limit = 0;
-  for (int64_t l = 0; l < L; ++l) {
-    auto& layer = sel.kept[l];
-    const LayerWeights& W = model.weights().layers[l];
-    if (method == "l1" || method == "wanda") {
-      torch::Tensor colw;
-      if (method == "wanda") colw = (stats->x_sq[l] / static_cast<double>(std::max<int64_t>(1, stats->tokens))).sqrt();
-      for (auto& s : weight_scores(W, H, dk, colw)) layer.push_back(top_k(s, k));
-    } else if (method == "random") {
-      for (int64_t h = 0; h < H; ++h)
-        layer.push_back(choose_indices(dk, k, seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(l * H + h + 1))));
-    } else {
-      auto g = stats->gram[l].contiguous();  // [H, dk, dk] float64
-      for (int64_t h = 0; h < H; ++h) {
-        GramSelection r = select_from_gram(g[h].contiguous().data_ptr<double>(), dk, k, method == "drrqr");
-        swaps += r.swaps;
-        heads_at_limit += r.hit_swap_limit ? 1 : 0;
-        layer.push_back(std::move(r.kept));
-      }
-    }
+  for (int64_t p = 0; p < L * H; ++p) {
+    auto& r = heads[static_cast<std::size_t>(p)];
+    swaps += r.swaps;
+    heads_at_limit += r.hit_swap_limit ? 1 : 0;
+    sel.kept[static_cast<std::size_t>(p / H)].push_back(std::move(r.kept));
   }
   if (method == "drrqr") sel.extra = {{"swaps", swaps}, {"heads_at_swap_limit", heads_at_limit}};
   return sel;
+}
+
+Selection select_channels(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
+                          double ratio, uint64_t seed, bool pca_include_queries) {
+  check_request(model, stats, method);
+  const ModelConfig& c = model.config();
+  const int64_t L = c.num_hidden_layers, H = c.num_heads;
+  if (method == "pca")
+    return assemble_selection(c, method, ratio, seed, {}, pca_layers(*stats, ratio, pca_include_queries, 0, L),
+                              pca_include_queries);
+  return assemble_selection(c, method, ratio, seed, select_heads(model, stats, method, ratio, seed, 0, L * H), {},
+                            pca_include_queries);
 }
 
 nlohmann::ordered_json Selection::to_json() const {

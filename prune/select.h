@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "model/linear_lm.h"
-#include "worker/calibration.h"
+#include "model/calibration_stats.h"
 
 namespace rankprune {
 
@@ -53,6 +53,24 @@ int64_t kept_channels(int64_t head_k_dim, double ratio);
 // and missing.
 Selection select_channels(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
                           double ratio, uint64_t seed, bool pca_include_queries = false);
+
+// The same in shares, for ranks that each solve part of it (worker/selection.h). A selection is
+// L*H independent problems, problem p = (layer p / H, head p % H); pca's are L, one per layer.
+struct HeadSelection {
+  std::vector<int64_t> kept;  // ascending
+  int64_t swaps = 0;          // drrqr diagnostics
+  bool hit_swap_limit = false;
+};
+// Problems [lo, hi) of a non-rotating method.
+std::vector<HeadSelection> select_heads(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
+                                        double ratio, uint64_t seed, int64_t lo, int64_t hi);
+// pca rotations of layers [lo, hi): [hi - lo, H, k, dk] float64.
+torch::Tensor pca_layers(const CalibrationStats& stats, double ratio, bool include_queries, int64_t lo, int64_t hi);
+// Every problem's answer (all L*H heads in order, or pca's [L, H, k, dk] rotation) -> the Selection
+// select_channels returns.
+Selection assemble_selection(const ModelConfig& cfg, const std::string& method, double ratio, uint64_t seed,
+                             std::vector<HeadSelection> heads, const torch::Tensor& rotation,
+                             bool pca_include_queries = false);
 
 // For pca the rows are T W and the conv filters sum_d T[r,d]^2 w[d,:] (approximate).
 // A new model whose q_proj / k_proj rows and q_conv1d / k_conv1d channels are those of `sel`

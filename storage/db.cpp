@@ -1,6 +1,6 @@
-// Results database on SQLite: RAII statements, error mapping, open-time checks, journal mode,
-// migrations and the typed queries declared in storage/db.h. All SQL text is fixed; values are
-// bound by index.
+// Results database on SQLite: error mapping, open-time checks, journal mode, migrations, the job
+// life cycle with leases and the typed queries declared in storage/db.h (merging lives in
+// merge.cpp). All SQL text is fixed; values are bound by index.
 #include "storage/db.h"
 
 #include <sqlite3.h>
@@ -10,11 +10,11 @@
 
 #include <cmath>
 #include <limits>
-#include <unordered_map>
 #include <utility>
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "storage/db_impl.h"
 
 namespace rankprune::storage {
 
@@ -58,7 +58,7 @@ bool is_environment_error(int rc) {
 const char* hint(int rc) {
   switch (rc & 0xff) {
     case SQLITE_BUSY: case SQLITE_LOCKED:
-      return "; another process holds it locked (only one sweep may write a results database)";
+      return "; another process held it locked for longer than the 10 s busy timeout";
     case SQLITE_READONLY: case SQLITE_PERM: case SQLITE_CANTOPEN:
       return "; check that the file and its directory exist and are writable";
     case SQLITE_NOTADB: case SQLITE_CORRUPT:
@@ -68,13 +68,6 @@ const char* hint(int rc) {
     default:
       return "";
   }
-}
-
-[[noreturn]] void throw_sqlite(const std::string& path, sqlite3* db, int rc, const std::string& doing) {
-  const std::string msg = cat("results database '", path, "': ", doing, ": ",
-                              db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), " (SQLite code ", rc, ")");
-  if (is_environment_error(rc)) throw InputError(msg + hint(rc));
-  throw InternalError(msg);
 }
 
 // UTC now as ISO-8601, evaluated by SQLite inside the statement.
@@ -159,7 +152,19 @@ struct Migration {
   int version;
   const char* sql;
 };
-constexpr Migration kMigrations[] = {{1, kMigrationV1}, {2, kMigrationV2}};
+// Schema version 3: job leases, so several runs can share one file (storage/lease.h). Running
+// jobs of older files have no lease and count as stale. Runs record their owner and a lease of
+// their own, so a dead run can be told from a live one.
+constexpr const char* kMigrationV3 = R"sql(
+ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+ALTER TABLE jobs ADD COLUMN lease_expires REAL;
+CREATE INDEX jobs_lease_owner ON jobs(lease_owner) WHERE lease_owner IS NOT NULL;
+ALTER TABLE runs ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_expires REAL;
+PRAGMA user_version = 3;
+)sql";
+
+constexpr Migration kMigrations[] = {{1, kMigrationV1}, {2, kMigrationV2}, {3, kMigrationV3}};
 static_assert(sizeof(kMigrations) / sizeof(kMigrations[0]) == kSchemaVersion,
               "one migration per schema version");
 static_assert(kApplicationId == 1381000290, "kMigrationV1 writes this application_id");
@@ -185,152 +190,35 @@ bool on_network_filesystem(const std::string& path) {
 #endif
 }
 
-namespace {
+namespace detail {
+
+[[noreturn]] void throw_sqlite(const std::string& path, sqlite3* db, int rc, const std::string& doing) {
+  const std::string msg = cat("results database '", path, "': ", doing, ": ",
+                              db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), " (SQLite code ", rc, ")");
+  if (is_environment_error(rc)) throw InputError(msg + hint(rc));
+  throw InternalError(msg);
+}
+
+}  // namespace detail
+
+using detail::Statement;
 
 // ---------------------------------------------------------------------------------------------
-// Statement: one prepared sqlite3_stmt; bind by 1-based index, step, read 0-based columns.
+// Impl
 
-class Statement {
- public:
-  Statement(sqlite3* db, const std::string& path, const char* sql) : db_(db), path_(&path), sql_(sql) {
-    const int rc = sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
-    if (rc != SQLITE_OK) throw_sqlite(path, db, rc, cat("preparing `", sql, "`"));
-  }
-  ~Statement() { sqlite3_finalize(stmt_); }
-  Statement(const Statement&) = delete;
-  Statement& operator=(const Statement&) = delete;
-
-  Statement& int64(int i, std::int64_t v) { return check(sqlite3_bind_int64(stmt_, i, v)); }
-  Statement& real(int i, double v) { return check(sqlite3_bind_double(stmt_, i, v)); }
-  Statement& null(int i) { return check(sqlite3_bind_null(stmt_, i)); }
-  Statement& text(int i, const std::string& v) {
-    return check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
-  }
-  Statement& opt_int64(int i, const std::optional<std::int64_t>& v) { return v ? int64(i, *v) : null(i); }
-  Statement& opt_real(int i, const std::optional<double>& v) { return v ? real(i, *v) : null(i); }
-
-  // True while a row is available; false when done. Errors throw (see throw_sqlite).
-  bool step() {
-    const int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    throw_sqlite(*path_, db_, rc, cat("running `", sql_, "`"));
-  }
-  void run() {
-    while (step()) {
-    }
-  }
-  void reset() {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-
-  bool is_null(int c) const { return sqlite3_column_type(stmt_, c) == SQLITE_NULL; }
-  std::int64_t col_int64(int c) const { return sqlite3_column_int64(stmt_, c); }
-  double col_real(int c) const { return sqlite3_column_double(stmt_, c); }
-  double col_real_or_nan(int c) const {
-    return is_null(c) ? std::numeric_limits<double>::quiet_NaN() : col_real(c);
-  }
-  std::optional<double> col_opt_real(int c) const {
-    return is_null(c) ? std::nullopt : std::optional<double>(col_real(c));
-  }
-  std::string col_text(int c) const {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, c));
-    return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, c))) : std::string();
-  }
-
- private:
-  Statement& check(int rc) {
-    if (rc != SQLITE_OK) throw_sqlite(*path_, db_, rc, cat("binding a value to `", sql_, "`"));
-    return *this;
-  }
-
-  sqlite3* db_;
-  const std::string* path_;
-  const char* sql_;
-  sqlite3_stmt* stmt_ = nullptr;
-};
-
-// A cached statement borrowed for one use: reset (and its bindings cleared) when the use ends,
-// so no read stays open and the next user starts clean.
-class StatementUse {
- public:
-  explicit StatementUse(Statement& s) : s_(&s) {}
-  ~StatementUse() { s_->reset(); }
-  StatementUse(const StatementUse&) = delete;
-  StatementUse& operator=(const StatementUse&) = delete;
-  Statement* operator->() const { return s_; }
-  Statement& operator*() const { return *s_; }
-
- private:
-  Statement* s_;
-};
-
-}  // namespace
-
-// ---------------------------------------------------------------------------------------------
-// Impl: the connection and its statement cache.
-
-struct Database::Impl {
-  std::string path;
-  sqlite3* db = nullptr;
-  std::unordered_map<const char*, std::unique_ptr<Statement>> cache;  // keyed by the SQL literal
-
-  Impl() = default;
-  Impl(const Impl&) = delete;
-  Impl& operator=(const Impl&) = delete;
-  ~Impl() {
-    cache.clear();  // statements must be finalized before the connection closes
-    if (db) sqlite3_close_v2(db);
-  }
-
-  [[noreturn]] void fail(int rc, const std::string& doing) const { throw_sqlite(path, db, rc, doing); }
-
-  StatementUse use(const char* sql) {
-    auto& slot = cache[sql];
-    if (!slot) slot = std::make_unique<Statement>(db, path, sql);
-    return StatementUse(*slot);
-  }
-
-  // Runs fixed SQL text (possibly several statements) that returns no rows.
-  void exec(const char* sql, const std::string& doing) {
-    const int rc = sqlite3_exec(db, sql, nullptr, nullptr, nullptr);
-    if (rc != SQLITE_OK) fail(rc, doing);
-  }
-
-  // One-row, one-column queries (pragmas, counts), prepared for this call only.
-  std::int64_t query_int(const char* sql) {
-    Statement s(db, path, sql);
-    RP_ASSERT(s.step(), "`", sql, "` returned no row");
-    return s.col_int64(0);
-  }
-  std::string query_text(const char* sql) {
-    Statement s(db, path, sql);
-    RP_ASSERT(s.step(), "`", sql, "` returned no row");
-    return s.col_text(0);
-  }
-
-  int changes() const { return sqlite3_changes(db); }
-  std::int64_t last_id() const { return sqlite3_last_insert_rowid(db); }
-
-  void connect();
-  void check_identity();
-  void choose_journal();
-  void migrate(int target);
-  std::int64_t find_or_insert(Transaction& tx, Statement& find, Statement& insert);
-  std::string job_state(std::int64_t job_id);
-  void expect_job_changed(std::int64_t job_id, const char* action);
-};
-
-void Database::Impl::connect() {
-  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
+void Database::Impl::connect(bool read_only) {
+  const int flags = read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+  const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
   if (rc != SQLITE_OK) {
     const std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     sqlite3_close_v2(db);
     db = nullptr;
     throw InputError(cat("cannot open results database '", path, "': ", msg,
-                         "; check that its directory exists and is writable"));
+                         read_only ? "; check that the file exists and is readable"
+                                   : "; check that its directory exists and is writable"));
   }
+  clock = unix_now;
+  host = this_host();
   sqlite3_extended_result_codes(db, 1);
   sqlite3_busy_timeout(db, kBusyTimeoutMs);
   exec("PRAGMA foreign_keys = ON", "enabling foreign keys");
@@ -338,7 +226,7 @@ void Database::Impl::connect() {
 
 // The first read of the file: random bytes fail here (SQLITE_NOTADB); another program's SQLite
 // file has a different application_id and tables; a newer rankprune has a higher user_version.
-void Database::Impl::check_identity() {
+std::int64_t Database::Impl::check_identity() {
   const std::int64_t objects = query_int("SELECT count(*) FROM sqlite_master");
   const std::int64_t app_id = query_int("PRAGMA application_id");
   const std::int64_t version = query_int("PRAGMA user_version");
@@ -348,6 +236,7 @@ void Database::Impl::check_identity() {
   RP_CHECK_INPUT(version <= kSchemaVersion, "results database '", path,
                  "' was written by a newer rankprune: schema version ", version,
                  ", this build reads up to ", kSchemaVersion, "; use a newer rankprune");
+  return version;
 }
 
 // WAL lets readers run while the sweep writes, but needs shared memory between all users of the
@@ -372,6 +261,16 @@ void Database::Impl::migrate(int target) {
     exec(m.sql, cat("migrating to schema version ", m.version));
     tx.commit();
   }
+  version = static_cast<int>(query_int("PRAGMA user_version"));
+}
+
+void Database::Impl::require_version(int needed, const char* what) const {
+  RP_ASSERT(version >= needed, what, " needs schema version ", needed, "; results database '", path,
+            "' is at version ", version);
+}
+
+bool Database::Impl::lease_stale(const std::string& owner_id, std::optional<double> expires) const {
+  return lease_is_stale(owner_id, expires, now(), host);
 }
 
 // `find` and `insert` are bound to the same key; call inside `tx`, which this commits on insert.
@@ -463,6 +362,17 @@ std::int64_t Database::begin_run(const std::string& argv_json, const std::string
   return impl_->last_id();
 }
 
+std::int64_t Database::begin_run(const std::string& argv_json, const std::string& git_sha,
+                                 const std::string& host, const LeaseOwner& owner, double lease_seconds) {
+  impl_->require_version(3, "begin_run with an owner");
+  RP_ASSERT(std::isfinite(lease_seconds) && lease_seconds > 0, "lease of ", lease_seconds, " s");
+  auto q = impl_->use(
+      "INSERT INTO runs(argv_json, git_sha, host, started, owner, lease_expires) "
+      "VALUES(?1, ?2, ?3, " RP_SQL_NOW ", ?4, ?5)");
+  q->text(1, argv_json).text(2, git_sha).text(3, host).text(4, owner.id()).real(5, impl_->now() + lease_seconds).run();
+  return impl_->last_id();
+}
+
 void Database::end_run(std::int64_t run_id, const std::string& status) {
   RP_ASSERT(status == "ok" || status == "failed" || status == "interrupted", "run status '", status, "'");
   auto q = impl_->use("UPDATE runs SET finished = " RP_SQL_NOW ", status = ?2 WHERE id = ?1");
@@ -542,36 +452,171 @@ void Database::start_job(std::int64_t job_id, const std::string& host, int rank,
   impl_->expect_job_changed(job_id, "start");
 }
 
-void Database::complete_job(std::int64_t job_id, const std::vector<MetricValue>& metrics, double seconds) {
+// Inserts the metrics and marks the job done; the caller holds a transaction.
+void Database::Impl::mark_done(std::int64_t job_id, const std::vector<MetricValue>& metrics, double seconds) {
   RP_ASSERT(!metrics.empty(), "job ", job_id, ": no metrics to store");
   RP_ASSERT(std::isfinite(seconds) && seconds >= 0, "job ", job_id, ": seconds ", seconds);
-  Transaction tx = transaction();
-  const std::string state = impl_->job_state(job_id);
-  RP_ASSERT(state != "done", "job ", job_id, " in results database '", impl_->path, "' is already done");
+  RP_ASSERT(job_state(job_id) != "done", "job ", job_id, " in results database '", path, "' is already done");
   {
-    auto insert = impl_->use("INSERT INTO metrics(job_id, name, value, stderr) VALUES(?1, ?2, ?3, ?4)");
+    auto insert = use("INSERT INTO metrics(job_id, name, value, stderr) VALUES(?1, ?2, ?3, ?4)");
     for (const MetricValue& m : metrics) {
       insert->int64(1, job_id).text(2, m.name).real(3, m.value).opt_real(4, m.stderr_value).run();
       insert->reset();
     }
   }
-  auto done = impl_->use("UPDATE jobs SET state = 'done', finished = " RP_SQL_NOW ", seconds = ?2 WHERE id = ?1");
+  auto done = use(version >= 3 ? "UPDATE jobs SET state = 'done', finished = " RP_SQL_NOW
+                                 ", seconds = ?2, lease_owner = NULL, lease_expires = NULL WHERE id = ?1"
+                               : "UPDATE jobs SET state = 'done', finished = " RP_SQL_NOW ", seconds = ?2 WHERE id = ?1");
   done->int64(1, job_id).real(2, seconds).run();
+}
+
+void Database::Impl::mark_failed(std::int64_t job_id, const std::string& error) {
+  // Before schema 2 there is no error column: preparing this fails with an InternalError.
+  auto q = use(version >= 3 ? "UPDATE jobs SET state = 'failed', finished = " RP_SQL_NOW
+                              ", error = ?2, lease_owner = NULL, lease_expires = NULL "
+                              "WHERE id = ?1 AND state <> 'done'"
+                            : "UPDATE jobs SET state = 'failed', finished = " RP_SQL_NOW ", error = ?2 "
+                              "WHERE id = ?1 AND state <> 'done'");
+  q->int64(1, job_id).text(2, error).run();
+  expect_job_changed(job_id, "fail");
+}
+
+// The job must still be running under `owner`'s lease; the caller holds a transaction.
+void Database::Impl::expect_holder(std::int64_t job_id, const LeaseOwner& owner) {
+  require_version(3, "a lease-checked job update");
+  auto q = use("SELECT state, IFNULL(lease_owner, '') FROM jobs WHERE id = ?1");
+  q->int64(1, job_id);
+  RP_ASSERT(q->step(), "no job with id ", job_id, " in results database '", path, "'");
+  const std::string state = q->col_text(0), holder = q->col_text(1);
+  if (state == "running" && holder == owner.id()) return;
+  const std::string by = state == "running" && !holder.empty()
+                             ? holder
+                             : cat("another run (the job is ", state, " now)");
+  throw InputError(cat("results database '", path, "': job ", job_id, " was taken over by ", by,
+                       " after this run's lease expired; its result is discarded; raise --lease-seconds"));
+}
+
+void Database::complete_job(std::int64_t job_id, const std::vector<MetricValue>& metrics, double seconds) {
+  Transaction tx = transaction();
+  impl_->mark_done(job_id, metrics, seconds);
   tx.commit();
 }
 
-void Database::fail_job(std::int64_t job_id, const std::string& error) {
+void Database::complete_job(std::int64_t job_id, const std::vector<MetricValue>& metrics, double seconds,
+                            const LeaseOwner& owner) {
+  Transaction tx = transaction();
+  impl_->expect_holder(job_id, owner);
+  impl_->mark_done(job_id, metrics, seconds);
+  tx.commit();
+}
+
+void Database::fail_job(std::int64_t job_id, const std::string& error) { impl_->mark_failed(job_id, error); }
+
+void Database::fail_job(std::int64_t job_id, const std::string& error, const LeaseOwner& owner) {
+  Transaction tx = transaction();
+  impl_->expect_holder(job_id, owner);
+  impl_->mark_failed(job_id, error);
+  tx.commit();
+}
+
+bool Database::claim_job(std::int64_t job_id, const LeaseOwner& owner, double lease_seconds,
+                         const std::string& host, int rank, std::int64_t run_id) {
+  impl_->require_version(3, "claim_job");
+  RP_ASSERT(std::isfinite(lease_seconds) && lease_seconds > 0, "lease of ", lease_seconds, " s");
+  const std::string me = owner.id();
+  // BEGIN IMMEDIATE takes the write lock first, so no other connection can claim between our
+  // read of the lease and our update.
+  Transaction tx = transaction();
+  std::string state, holder;
+  std::optional<double> expires;
+  {
+    auto q = impl_->use("SELECT state, IFNULL(lease_owner, ''), lease_expires FROM jobs WHERE id = ?1");
+    q->int64(1, job_id);
+    RP_ASSERT(q->step(), "no job with id ", job_id, " in results database '", impl_->path, "'");
+    state = q->col_text(0);
+    holder = q->col_text(1);
+    expires = q->col_opt_real(2);
+  }
+  if (state == "done") return false;
+  if (state == "running") {
+    RP_ASSERT(holder != me, "job ", job_id, " in results database '", impl_->path, "' is already leased to ", me);
+    if (!impl_->lease_stale(holder, expires)) return false;
+  }
+  auto u = impl_->use(
+      "UPDATE jobs SET state = 'running', attempts = attempts + 1, started = " RP_SQL_NOW
+      ", finished = NULL, seconds = NULL, host = ?2, rank = ?3, run_id = ?4, lease_owner = ?5, "
+      "lease_expires = ?6 WHERE id = ?1");
+  u->int64(1, job_id).text(2, host).int64(3, rank);
+  if (run_id > 0) u->int64(4, run_id);  // 0 = no run: NULL
+  u->text(5, me).real(6, impl_->now() + lease_seconds).run();
+  tx.commit();
+  return true;
+}
+
+int Database::renew_leases(const LeaseOwner& owner, double lease_seconds) {
+  impl_->require_version(3, "renew_leases");
+  RP_ASSERT(std::isfinite(lease_seconds) && lease_seconds > 0, "lease of ", lease_seconds, " s");
+  const std::string me = owner.id();
+  const double until = impl_->now() + lease_seconds;
+  Transaction tx = transaction();
+  auto jobs = impl_->use("UPDATE jobs SET lease_expires = ?2 WHERE state = 'running' AND lease_owner = ?1");
+  jobs->text(1, me).real(2, until).run();
+  const int n = impl_->changes();
+  auto runs = impl_->use("UPDATE runs SET lease_expires = ?2 WHERE status = 'running' AND owner = ?1");
+  runs->text(1, me).real(2, until).run();
+  tx.commit();
+  return n;
+}
+
+int Database::release_jobs(const LeaseOwner& owner) {
+  impl_->require_version(3, "release_jobs");
   auto q = impl_->use(
-      "UPDATE jobs SET state = 'failed', finished = " RP_SQL_NOW ", error = ?2 "
-      "WHERE id = ?1 AND state <> 'done'");
-  q->int64(1, job_id).text(2, error).run();
-  impl_->expect_job_changed(job_id, "fail");
+      "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires = NULL "
+      "WHERE state = 'running' AND lease_owner = ?1");
+  q->text(1, owner.id()).run();
+  return impl_->changes();
 }
 
 int Database::reset_interrupted_jobs() {
-  auto q = impl_->use("UPDATE jobs SET state = 'pending' WHERE state = 'running'");
-  q->run();
-  return impl_->changes();
+  if (impl_->version < 3) {
+    auto q = impl_->use("UPDATE jobs SET state = 'pending' WHERE state = 'running'");
+    q->run();
+    return impl_->changes();
+  }
+  // Liveness needs /proc and the clock, so it is judged here, inside one write transaction.
+  Transaction tx = transaction();
+  std::vector<std::int64_t> stale_jobs, stale_runs;
+  {
+    auto q = impl_->use("SELECT id, IFNULL(lease_owner, ''), lease_expires FROM jobs WHERE state = 'running'");
+    while (q->step())
+      if (impl_->lease_stale(q->col_text(1), q->col_opt_real(2))) stale_jobs.push_back(q->col_int64(0));
+  }
+  {
+    auto q = impl_->use("SELECT id, owner, lease_expires FROM runs WHERE status = 'running' AND owner IS NOT NULL");
+    while (q->step())
+      if (impl_->lease_stale(q->col_text(1), q->col_opt_real(2))) stale_runs.push_back(q->col_int64(0));
+  }
+  {
+    auto u = impl_->use(
+        "UPDATE jobs SET state = 'pending', lease_owner = NULL, lease_expires = NULL WHERE id = ?1");
+    for (std::int64_t id : stale_jobs) {
+      u->int64(1, id).run();
+      u->reset();
+    }
+  }
+  {
+    auto u = impl_->use("UPDATE runs SET status = 'interrupted', finished = " RP_SQL_NOW " WHERE id = ?1");
+    for (std::int64_t id : stale_runs) {
+      u->int64(1, id).run();
+      u->reset();
+    }
+  }
+  tx.commit();
+  return static_cast<int>(stale_jobs.size());
+}
+
+void Database::set_clock(std::function<double()> unix_seconds) {
+  impl_->clock = unix_seconds ? std::move(unix_seconds) : std::function<double()>(unix_now);
 }
 
 std::vector<ResultRow> Database::results(const ResultFilter& f) const {
@@ -606,11 +651,18 @@ std::vector<JobRow> Database::jobs(const JobFilter& f) const {
     throw UsageError(cat("unknown job state '", f.state, "'; expected pending, running, done or failed"));
   // error is reported for failed jobs only; it stays stored after a successful retry.
   auto q = impl_->use(
-      "SELECT j.id, m.path, v.method, v.ratio, v.seed, j.task, j.state, j.attempts, IFNULL(j.host, ''), "
-      "IFNULL(j.rank, 0), IFNULL(j.started, ''), IFNULL(j.finished, ''), IFNULL(j.seconds, 0), "
-      "CASE WHEN j.state = 'failed' THEN IFNULL(j.error, '') ELSE '' END "
-      "FROM jobs j JOIN variants v ON v.id = j.variant_id JOIN models m ON m.id = v.model_id "
-      "WHERE ?1 = '' OR j.state = ?1 ORDER BY j.id");
+      impl_->version >= 3
+          ? "SELECT j.id, m.path, v.method, v.ratio, v.seed, j.task, j.state, j.attempts, IFNULL(j.host, ''), "
+            "IFNULL(j.rank, 0), IFNULL(j.started, ''), IFNULL(j.finished, ''), IFNULL(j.seconds, 0), "
+            "CASE WHEN j.state = 'failed' THEN IFNULL(j.error, '') ELSE '' END, "
+            "CASE WHEN j.state = 'running' THEN IFNULL(j.lease_owner, '') ELSE '' END "
+            "FROM jobs j JOIN variants v ON v.id = j.variant_id JOIN models m ON m.id = v.model_id "
+            "WHERE ?1 = '' OR j.state = ?1 ORDER BY j.id"
+          : "SELECT j.id, m.path, v.method, v.ratio, v.seed, j.task, j.state, j.attempts, IFNULL(j.host, ''), "
+            "IFNULL(j.rank, 0), IFNULL(j.started, ''), IFNULL(j.finished, ''), IFNULL(j.seconds, 0), "
+            "CASE WHEN j.state = 'failed' THEN IFNULL(j.error, '') ELSE '' END, '' "
+            "FROM jobs j JOIN variants v ON v.id = j.variant_id JOIN models m ON m.id = v.model_id "
+            "WHERE ?1 = '' OR j.state = ?1 ORDER BY j.id");
   q->text(1, f.state);
   std::vector<JobRow> rows;
   while (q->step()) {
@@ -629,6 +681,7 @@ std::vector<JobRow> Database::jobs(const JobFilter& f) const {
     r.finished = q->col_text(11);
     r.seconds = q->col_real(12);
     r.error = q->col_text(13);
+    r.lease_owner = q->col_text(14);
     rows.push_back(std::move(r));
   }
   return rows;

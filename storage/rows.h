@@ -38,6 +38,7 @@ struct JobRow {
   std::string finished;     // ISO-8601 UTC, empty when not finished
   double seconds = 0.0;     // wall time of the last attempt
   std::string error;        // last failure message, empty otherwise
+  std::string lease_owner;  // running jobs: the LeaseOwner id holding it (storage/lease.h), else empty
 };
 
 // Metrics where lower is better (perplexities, bits per byte); everything else is higher-is-better.

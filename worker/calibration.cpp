@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/random.h"
 #include "common/fs.h"
+#include "cluster/block_reduce.h"
 #include "common/sha256.h"
 #include "model/npy.h"
 #include "model/safetensors.h"
@@ -19,11 +20,6 @@ using torch::indexing::Slice;
 // BLAS symmetric rank-k update (Fortran interface, in every BLAS): C = alpha X X^T + beta C.
 extern "C" void dsyrk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
                        const double* a, const int* lda, const double* beta, double* c, const int* ldc);
-
-namespace {
-
-
-}  // namespace
 
 std::vector<std::string> read_documents(const std::string& path, const std::string& what) {
   const std::string ext = lower_extension(path);
@@ -51,46 +47,50 @@ std::vector<std::string> read_documents(const std::string& path, const std::stri
   return docs;
 }
 
-std::vector<int64_t> choose_indices(int64_t n, int64_t k, uint64_t seed) {
-  RP_ASSERT(k >= 0 && k <= n, "choose ", k, " of ", n);
-  std::vector<int64_t> idx(static_cast<std::size_t>(n));
-  for (int64_t i = 0; i < n; ++i) idx[i] = i;
-  uint64_t state = seed;
-  for (int64_t i = 0; i < k; ++i) {
-    // Unbiased draw from [i, n).
-    std::swap(idx[i], idx[i + static_cast<int64_t>(uniform_below(state, static_cast<uint64_t>(n - i)))]);
-  }
-  idx.resize(static_cast<std::size_t>(k));
-  std::sort(idx.begin(), idx.end());
-  return idx;
-}
-
 CalibrationData load_calibration_data(const std::vector<std::string>& files, const Tokenizer* tok,
                                       const std::string& tokenizer_path, int64_t seq_len, int64_t sequences,
                                       uint64_t seed, int64_t vocab_size, bool add_bos) {
   if (files.empty()) throw UsageError("--data: at least one calibration file is required");
-  if (seq_len < 2) throw UsageError(cat("--seq-len must be >= 2, got ", seq_len));
+  if (seq_len != 0 && seq_len < 2) throw UsageError(cat("--seq-len must be >= 2, got ", seq_len));
   if (sequences < 1) throw UsageError(cat("--sequences must be >= 1, got ", sequences));
+
+  // .npy rows first: without --seq-len their length is the sequence length (text windows follow it).
+  std::vector<std::string> file_shas;
+  std::vector<torch::Tensor> arrays(files.size());
+  std::string length_from;  // the file that fixed the length
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& f = files[i];
+    RP_CHECK_INPUT(file_exists(f), "calibration data '", f, "' does not exist");
+    file_shas.push_back(sha256_file(f));
+    if (lower_extension(f) != ".npy") continue;
+    auto a = read_npy(f);
+    RP_CHECK_INPUT(a.dim() == 2 && (a.scalar_type() == torch::kInt32 || a.scalar_type() == torch::kInt64), "'", f,
+                   "': expected int32 or int64 token ids of shape [N, L], got ", a.scalar_type(), " ", a.sizes());
+    if (seq_len == 0) seq_len = a.size(1), length_from = f;
+    RP_CHECK_INPUT(a.size(1) == seq_len, "'", f, "': rows have ", a.size(1), " tokens but ",
+                   length_from.empty() ? cat("--seq-len is ", seq_len)
+                                       : cat("the rows of '", length_from, "' have ", seq_len, " (give --seq-len)"));
+    arrays[i] = a.to(torch::kLong);
+  }
+  if (seq_len == 0) seq_len = kDefaultCalibrationSeqLen;
+  RP_CHECK_INPUT(seq_len >= 2, "calibration sequences need at least 2 tokens; the .npy rows of '", length_from,
+                 "' have ", seq_len);
   Sha256 identity;
   identity.update(cat("rankprune-calibration-v1|L=", seq_len, "|N=", sequences, "|seed=", seed, "|bos=", add_bos));
 
   std::vector<torch::Tensor> rows;  // candidate [L] windows or rows, in file order
   std::vector<int64_t> stream;
-  for (const auto& f : files) {
-    RP_CHECK_INPUT(file_exists(f), "calibration data '", f, "' does not exist");
-    identity.update(cat("|file=", sha256_file(f)));
-    if (lower_extension(f) == ".npy") {
-      auto a = read_npy(f);
-      RP_CHECK_INPUT(a.dim() == 2 && (a.scalar_type() == torch::kInt32 || a.scalar_type() == torch::kInt64), "'", f,
-                     "': expected int32 or int64 token ids of shape [N, L], got ", a.scalar_type(), " ", a.sizes());
-      RP_CHECK_INPUT(a.size(1) == seq_len, "'", f, "': rows have ", a.size(1), " tokens but --seq-len is ", seq_len);
-      a = a.to(torch::kLong);
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& f = files[i];
+    identity.update(cat("|file=", file_shas[i]));
+    if (arrays[i].defined()) {
+      const auto& a = arrays[i];
       if (a.numel() > 0) {
         const int64_t lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();
         RP_CHECK_INPUT(lo >= 0 && hi < vocab_size, "'", f, "': token id ", lo < 0 ? lo : hi,
                        " is outside the model's vocabulary [0, ", vocab_size, ")");
       }
-      for (int64_t i = 0; i < a.size(0); ++i) rows.push_back(a[i]);
+      for (int64_t r = 0; r < a.size(0); ++r) rows.push_back(a[r]);
       continue;
     }
     RP_CHECK_INPUT(tok != nullptr, "calibration data '", f, "' is text: a --tokenizer is required");
@@ -121,94 +121,10 @@ CalibrationData load_calibration_data(const std::vector<std::string>& files, con
 
 // ------------------------------------------------------------------------------------------------
 
-CalibrationStats CalibrationStats::zeros(const ModelConfig& c) {
-  CalibrationStats s;
-  s.layers = c.num_hidden_layers, s.heads = c.num_heads, s.head_k_dim = c.head_k_dim, s.hidden = c.hidden_size;
-  auto o = torch::dtype(torch::kFloat64);
-  const int64_t L = s.layers, H = s.heads, d = s.head_k_dim;
-  s.gram = torch::zeros({L, H, d, d}, o);
-  s.x_sq = torch::zeros({L, s.hidden}, o);
-  s.k_sum = torch::zeros({L, H, d}, o);
-  s.k_outer = torch::zeros({L, H, d, d}, o);
-  s.q_sum = torch::zeros({L, H, d}, o);
-  s.q_outer = torch::zeros({L, H, d, d}, o);
-  return s;
-}
+namespace {
 
-void CalibrationStats::add(const CalibrationStats& o) {
-  RP_ASSERT(gram.sizes() == o.gram.sizes() && x_sq.sizes() == o.x_sq.sizes());
-  gram += o.gram, x_sq += o.x_sq, k_sum += o.k_sum, k_outer += o.k_outer, q_sum += o.q_sum, q_outer += o.q_outer;
-  tokens += o.tokens;
-}
-
-void CalibrationStats::save(const std::string& path) const {
-  auto m = meta;
-  m["format"] = "rankprune-calibration-stats-v1";
-  m["tokens"] = std::to_string(tokens);
-  m["layers"] = std::to_string(layers);
-  m["heads"] = std::to_string(heads);
-  m["head_k_dim"] = std::to_string(head_k_dim);
-  m["hidden_size"] = std::to_string(hidden);
-  save_safetensors(path,
-                   {{"gram", gram}, {"x_sq", x_sq}, {"k_sum", k_sum}, {"k_outer", k_outer}, {"q_sum", q_sum},
-                    {"q_outer", q_outer}},
-                   m);
-}
-
-CalibrationStats CalibrationStats::load(const std::string& path) {
-  auto f = SafetensorsFile::open(path);
-  const auto& m = f->metadata();
-  auto get = [&](const std::string& k) {
-    auto it = m.find(k);
-    RP_CHECK_INPUT(it != m.end(), "'", path, "' is not a rankprune statistics file (metadata '", k, "' missing)");
-    return it->second;
-  };
-  RP_CHECK_INPUT(get("format") == "rankprune-calibration-stats-v1", "'", path, "': unsupported statistics format '",
-                 get("format"), "'");
-  CalibrationStats s;
-  auto num = [&](const std::string& k) {
-    try {
-      return static_cast<int64_t>(std::stoll(get(k)));
-    } catch (const std::invalid_argument&) {
-      throw InputError(cat("'", path, "': metadata '", k, "' is not an integer"));
-    }
-  };
-  s.tokens = num("tokens"), s.layers = num("layers"), s.heads = num("heads"), s.head_k_dim = num("head_k_dim");
-  s.hidden = num("hidden_size");
-  s.meta = m;
-  auto tensor = [&](const std::string& n, std::vector<int64_t> shape) {
-    RP_CHECK_INPUT(f->find(n), "'", path, "': tensor '", n, "' missing");
-    auto t = f->tensor(n);
-    RP_CHECK_INPUT(t.scalar_type() == torch::kFloat64 && t.sizes() == torch::IntArrayRef(shape), "'", path,
-                   "': tensor '", n, "' must be F64 ", torch::IntArrayRef(shape), ", got ", t.scalar_type(), " ",
-                   t.sizes());
-    return t.clone();
-  };
-  const int64_t L = s.layers, H = s.heads, d = s.head_k_dim;
-  s.gram = tensor("gram", {L, H, d, d});
-  s.x_sq = tensor("x_sq", {L, s.hidden});
-  s.k_sum = tensor("k_sum", {L, H, d});
-  s.k_outer = tensor("k_outer", {L, H, d, d});
-  s.q_sum = tensor("q_sum", {L, H, d});
-  s.q_outer = tensor("q_outer", {L, H, d, d});
-  return s;
-}
-
-void CalibrationStats::check_matches(const ModelConfig& c, const std::string& msha, const std::string& p) const {
-  RP_CHECK_INPUT(layers == c.num_hidden_layers && heads == c.num_heads && head_k_dim == c.head_k_dim &&
-                     hidden == c.hidden_size,
-                 "statistics '", p, "' were computed for a model with ", layers, " layers, ", heads, " heads, head_k_dim ",
-                 head_k_dim, ", hidden ", hidden, "; this model has ", c.num_hidden_layers, ", ", c.num_heads, ", ",
-                 c.head_k_dim, ", ", c.hidden_size);
-  auto it = meta.find("model_sha");
-  if (!msha.empty() && it != meta.end())
-    RP_CHECK_INPUT(it->second == msha, "statistics '", p, "' were computed for another model (model_sha ",
-                   it->second.substr(0, 12), "…, this model is ", msha.substr(0, 12), "…)");
-}
-
-CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
-                                    const ForwardOptions& opts) {
-  RP_ASSERT(batch_size >= 1);
+// The statistics of one block of sequences (one forward), full symmetric matrices.
+CalibrationStats block_statistics(const LinearLM& model, const torch::Tensor& batch, const ForwardOptions& opts) {
   CalibrationStats s = CalibrationStats::zeros(model.config());
   const int64_t H = s.heads, d = s.head_k_dim;
   QkObserver obs = [&](int64_t l, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& x) {
@@ -220,7 +136,7 @@ CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& 
     auto kh = k.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
     // Stacked M = [Q; K] per head; G += M^T M by a symmetric rank-k update (half the flops of
     // a general product). Row-major M [2N, dk] is column-major M^T, so dsyrk('U', 'N') on it
-    // writes the row-major lower triangle; collect_statistics mirrors it at the end.
+    // writes the row-major lower triangle; it is mirrored once the block is done.
     auto qk = torch::cat({qh, kh}, 1).contiguous();  // [H, 2N, dk]
     auto g = s.gram[l];
     const int n = static_cast<int>(d), rows = static_cast<int>(qk.size(1));
@@ -237,13 +153,35 @@ CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& 
     s.k_outer[l] += torch::bmm(nk.transpose(1, 2), nk).to(torch::kFloat64);
   };
   torch::NoGradGuard ng;
-  for (int64_t i = 0; i < ids.size(0); i += batch_size) {
-    auto batch = ids.narrow(0, i, std::min(batch_size, ids.size(0) - i));
-    model.hidden(batch, nullptr, opts, obs);
-    s.tokens += batch.numel();
-  }
+  model.hidden(batch, nullptr, opts, obs);
   s.gram = s.gram.tril() + s.gram.tril(-1).transpose(-1, -2);  // mirror the accumulated triangle
+  s.tokens = batch.numel();
   return s;
+}
+
+}  // namespace
+
+CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
+                                    const ForwardOptions& opts, cluster::Communicator& comm,
+                                    cluster::BlockReduceReport* report) {
+  RP_CHECK_INPUT(batch_size >= 1, "--batch-size must be at least 1, got ", batch_size);
+  RP_CHECK_INPUT(ids.dim() == 2 && ids.size(0) >= 1, "calibration ids must be [N, L] with N >= 1, got ", ids.sizes());
+  const int64_t n_blocks = (ids.size(0) + batch_size - 1) / batch_size;
+  const ModelConfig& cfg = model.config();
+  auto total = cluster::block_tree_sum(
+      comm, n_blocks, CalibrationStats::packed_length(cfg),
+      [&](int64_t b, std::vector<double>& out) {
+        const int64_t lo = b * batch_size;
+        out = block_statistics(model, ids.narrow(0, lo, std::min(batch_size, ids.size(0) - lo)), opts).pack();
+      },
+      /*broadcast=*/true, report);
+  return CalibrationStats::unpack(cfg, total, ids.numel());
+}
+
+CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
+                                    const ForwardOptions& opts) {
+  auto local = cluster::make_local();
+  return collect_statistics(model, ids, batch_size, opts, *local);
 }
 
 std::string model_sha(const std::string& dir) {

@@ -1,7 +1,7 @@
 // Calibration: turn text (or pre-tokenised .npy) into token sequences, stream them through the
 // model, and accumulate per-(layer, head) statistics without storing activations
-// (method.md §2). All statistics are sums over tokens in float64, so shards computed on
-// different ranks add up exactly (up to float rounding) and one pass serves every method.
+// (method.md §2). All statistics are sums over tokens in float64, added in a fixed order, so
+// a run on any number of ranks gives the same bits, and one pass serves every method.
 #pragma once
 
 #include <torch/torch.h>
@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "cluster/block_reduce.h"
+#include "cluster/communicator.h"
+#include "model/calibration_stats.h"
 #include "model/linear_lm.h"
 #include "model/tokenizer.h"
 
@@ -22,8 +25,13 @@ struct CalibrationData {
   int64_t available = 0;   // sequences the data could have provided
 };
 
+// Sequence length when neither --seq-len nor a .npy file gives one.
+constexpr int64_t kDefaultCalibrationSeqLen = 2048;
+
 // .txt: the whole file is one document. .jsonl: one document per line, field "text". .npy:
-// int32/int64 [N, L], one sequence per row (L must equal seq_len; no tokenizer needed).
+// int32/int64 [N, L], one sequence per row (no tokenizer needed). seq_len 0 = not given: the
+// first .npy file's row length, else kDefaultCalibrationSeqLen; every .npy must match it (a
+// given seq_len that differs from a file's rows is an InputError naming both).
 // Text documents are tokenized (BOS first when the tokenizer has one and add_bos), concatenated
 // and cut into non-overlapping seq_len windows (tail dropped); `sequences` windows (or .npy rows)
 // are drawn without replacement with `seed` and kept in their original order.
@@ -37,31 +45,16 @@ CalibrationData load_calibration_data(const std::vector<std::string>& files, con
                                       const std::string& tokenizer_path, int64_t seq_len, int64_t sequences,
                                       uint64_t seed, int64_t vocab_size, bool add_bos = true);
 
-// Seeded choice of `k` distinct indices from [0, n), ascending. Platform-independent (own
-// Fisher-Yates over a splitmix64 stream), so selections are reproducible everywhere.
-std::vector<int64_t> choose_indices(int64_t n, int64_t k, uint64_t seed);
-
-struct CalibrationStats {
-  int64_t layers = 0, heads = 0, head_k_dim = 0, hidden = 0;
-  int64_t tokens = 0;
-  torch::Tensor gram;      // [L, H, dk, dk]  sum_t q q^T + k k^T (q, k after conv+act, before L2 norm)
-  torch::Tensor x_sq;      // [L, D]          sum_t x_j^2 (x = attn_norm output; Wanda)
-  torch::Tensor k_sum;     // [L, H, dk]      sum_t k_hat (L2-normalised keys; PCA)
-  torch::Tensor k_outer;   // [L, H, dk, dk]  sum_t k_hat k_hat^T
-  torch::Tensor q_sum;     // [L, H, dk]      same for queries
-  torch::Tensor q_outer;   // [L, H, dk, dk]
-  std::map<std::string, std::string> meta;  // model_sha, data_sha, seq_len, sequences, seed, ...
-
-  static CalibrationStats zeros(const ModelConfig& cfg);
-  void add(const CalibrationStats& other);   // shard reduction
-  void save(const std::string& path) const;  // safetensors, atomic
-  static CalibrationStats load(const std::string& path);
-  // InputError unless these statistics were computed for a model of this shape (and, when
-  // model_sha is non-empty, for exactly this model).
-  void check_matches(const ModelConfig& cfg, const std::string& model_sha, const std::string& stats_path) const;
-};
-
-// Runs `ids` through the model in batches and returns the summed statistics.
+// Runs `ids` [N, L] through the model and returns the summed statistics. The sequences are cut
+// into blocks of `batch_size` (the last may be shorter), one forward each, whatever the number of
+// ranks; with `comm` the blocks are shared out over its ranks (contiguous ranges) and their sums
+// added along cluster::block_tree_sum's fixed tree, so every rank gets statistics that are
+// bitwise those of one process (docs/distributed.md). Collective: every rank calls it with the
+// same ids. The model is each rank's own (memory-mapped) copy.
+CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
+                                    const ForwardOptions& opts, cluster::Communicator& comm,
+                                    cluster::BlockReduceReport* report = nullptr);
+// The same on one rank.
 CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
                                     const ForwardOptions& opts);
 

@@ -8,6 +8,7 @@
 #include "model/safetensors.h"
 #include "prune/select.h"
 #include "tests/testing/testing.h"
+#include "worker/calibration.h"
 
 namespace rankprune {
 namespace {

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "common/random.h"
 #include "model/npy.h"
 #include "tests/testing/testing.h"
 #include "worker/calibration.h"
