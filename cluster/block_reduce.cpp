@@ -32,8 +32,8 @@ int64_t split(int64_t lo, int64_t hi) {
 
 class Tree {
  public:
-  Tree(Communicator& comm, int64_t n_blocks, std::size_t length,
-       const std::function<void(int64_t, std::vector<double>&)>& block, bool broadcast, BlockReduceReport& report)
+  Tree(Communicator& comm, int64_t n_blocks, std::size_t length, const std::function<void(int64_t, double*)>& block,
+       bool broadcast, BlockReduceReport& report)
       : comm_(comm), n_(n_blocks), len_(length), block_(block), broadcast_(broadcast), report_(report) {
     const int P = comm.size();
     for (int r = 0; r < P; ++r) first_.push_back(block_range(n_, r, P).first);
@@ -42,25 +42,33 @@ class Tree {
   }
 
   // Computes this rank's top nodes in ascending order, sending each to its parent's owner;
-  // returns the root on its owner (rank 0), empty elsewhere.
-  std::vector<double> run() {
+  // returns the root on its owner (rank 0), empty elsewhere. A node's value lives in a message
+  // buffer (header, then the doubles), so sending it moves it and receiving needs no copy.
+  std::string run() {
     find_tops(0, n_, -1);
-    std::vector<double> root;
+    std::string root;
     for (std::size_t i = 0; i < tops_.size(); ++i) {
       const Top& t = tops_[i];
       next_top_ = i;
-      auto v = compute(t.lo, t.hi);
+      std::string v = compute(t.lo, t.hi);
       if (t.dest < 0) {
         root = std::move(v);
       } else {
-        send_node(t, v);
+        set_header(v, {kNode, t.lo, t.hi});
+        report_.messages_sent += 1;
+        report_.bytes_sent += static_cast<int64_t>(v.size());
+        comm_.send(t.dest, kTreeTag, std::move(v));
       }
       next_top_ = i + 1;
     }
     return root;
   }
 
- private:
+  static double* values(std::string& node) { return reinterpret_cast<double*>(node.data() + sizeof(Header)); }
+  static const double* values(const std::string& node) {
+    return reinterpret_cast<const double*>(node.data() + sizeof(Header));
+  }
+
   struct Top {
     int64_t lo, hi;
     int dest;  // rank owning the parent; -1 for the root
@@ -87,22 +95,25 @@ class Tree {
     find_tops(mid, hi, o);
   }
 
-  std::vector<double> compute(int64_t lo, int64_t hi) {
+  std::string compute(int64_t lo, int64_t hi) {
     if (hi - lo == 1) {
-      std::vector<double> v(len_, 0.0);
-      block_(lo, v);
-      RP_ASSERT(v.size() == len_, "block ", lo, " returned ", v.size(), " values, expected ", len_);
+      std::string v(sizeof(Header) + len_ * sizeof(double), '\0');  // zeroed doubles
+      block_(lo, values(v));
       last_block_done_ = Clock::now();
       maybe_alive();
       return v;
     }
     const int64_t mid = split(lo, hi);
-    auto v = compute(lo, mid);
+    std::string v = compute(lo, mid);
     const int src = owner(mid);
-    auto r = src == comm_.rank() ? compute(mid, hi) : receive_node(src, mid, hi);
-    for (std::size_t i = 0; i < len_; ++i) v[i] += r[i];
+    const std::string r = src == comm_.rank() ? compute(mid, hi) : receive_node(src, mid, hi);
+    double* a = values(v);
+    const double* b = values(r);
+    for (std::size_t i = 0; i < len_; ++i) a[i] += b[i];
     return v;
   }
+
+  static void set_header(std::string& node, Header h) { std::memcpy(node.data(), &h, sizeof h); }
 
   // "Still working" notes to the ranks waiting on this one, at most every interval_: those this
   // rank still owes a node and, from rank 0 before a broadcast, every rank (they wait for the root).
@@ -125,34 +136,27 @@ class Tree {
   }
 
  public:
-  // Before the broadcast: rank 0 tells every rank the root is ready; the others wait for that,
-  // counting rank 0's notes as signs of life.
-  void meet_for_broadcast() {
+  // The total to every rank: rank 0 sends it (header kGo, then the doubles) to each; the others
+  // wait for it, counting rank 0's notes as signs of life. Point to point rather than a collective,
+  // so a rank that finished its blocks early waits with the liveness rule, not a fixed timeout.
+  void share_root(std::string& root) {
     if (comm_.rank() == 0) {
-      for (int r = 1; r < comm_.size(); ++r) send_header(r, {kGo, 0, 0});
+      set_header(root, {kGo, 0, 0});
+      for (int r = 1; r < comm_.size(); ++r) comm_.send(r, kTreeTag, r + 1 < comm_.size() ? root : std::move(root));
+      comm_.flush();
     } else {
-      wait_for(0, kGo, 0, 0);
+      root = wait_for(0, kGo, 0, 0);
+      RP_ASSERT(root.size() == sizeof(Header) + len_ * sizeof(double), "block tree: the total from rank 0 has ",
+                root.size(), " bytes");
     }
   }
 
  private:
-  void send_node(const Top& t, const std::vector<double>& v) {
-    Header h{kNode, t.lo, t.hi};
-    std::string bytes(sizeof h + v.size() * sizeof(double), '\0');
-    std::memcpy(bytes.data(), &h, sizeof h);
-    std::memcpy(bytes.data() + sizeof h, v.data(), v.size() * sizeof(double));
-    report_.messages_sent += 1;
-    report_.bytes_sent += static_cast<int64_t>(bytes.size());
-    comm_.send(t.dest, kTreeTag, std::move(bytes));
-  }
-
-  std::vector<double> receive_node(int src, int64_t lo, int64_t hi) {
+  std::string receive_node(int src, int64_t lo, int64_t hi) {
     std::string bytes = wait_for(src, kNode, lo, hi);
     RP_ASSERT(bytes.size() == sizeof(Header) + len_ * sizeof(double), "block tree: node [", lo, ", ", hi,
               ") from rank ", src, " has ", bytes.size(), " bytes");
-    std::vector<double> v(len_);
-    std::memcpy(v.data(), bytes.data() + sizeof(Header), len_ * sizeof(double));
-    return v;
+    return bytes;
   }
 
   // Waits for message `kind` ([lo, hi) for a node) from `src`; its notes restart the clock, so a
@@ -186,7 +190,7 @@ class Tree {
   Communicator& comm_;
   int64_t n_;
   std::size_t len_;
-  const std::function<void(int64_t, std::vector<double>&)>& block_;
+  const std::function<void(int64_t, double*)>& block_;
   bool broadcast_;
   BlockReduceReport& report_;
   std::vector<int64_t> first_;
@@ -211,26 +215,30 @@ std::pair<int64_t, int64_t> block_range(int64_t n, int rank, int size) {
 }
 
 std::vector<double> block_tree_sum(Communicator& comm, int64_t n_blocks, std::size_t length,
-                                   const std::function<void(int64_t, std::vector<double>&)>& block, bool broadcast,
+                                   const std::function<void(int64_t, double*)>& block, bool broadcast,
                                    BlockReduceReport* report) {
   RP_ASSERT(n_blocks >= 1, "block_tree_sum over ", n_blocks, " blocks");
   BlockReduceReport local;
   BlockReduceReport& rep = report ? *report : local;
   rep = {};
   Tree tree(comm, n_blocks, length, block, broadcast && comm.size() > 1, rep);
-  auto root = tree.run();
+  std::string root = tree.run();
   const auto t_tree_end = Clock::now();
   if (tree.last_block_done() != Clock::time_point{})
     rep.reduce_seconds = std::chrono::duration<double>(t_tree_end - tree.last_block_done()).count();
-  if (comm.rank() == 0) RP_ASSERT(root.size() == length, "rank 0 owns the root");
+  auto values_of = [&](const std::string& node) {
+    RP_ASSERT(node.size() == sizeof(Header) + length * sizeof(double), "a total of ", node.size(), " bytes");
+    return std::vector<double>(Tree::values(node), Tree::values(node) + length);
+  };
+  std::vector<double> out;
+  if (comm.rank() == 0) out = values_of(root);  // rank 0 owns the root (block 0)
   if (broadcast && comm.size() > 1) {
-    tree.meet_for_broadcast();  // every rank is here now: the broadcast itself is quick
-    if (comm.rank() != 0) root.assign(length, 0.0);
-    comm.broadcast(root.data(), length * sizeof(double), 0);
+    tree.share_root(root);
+    if (comm.rank() != 0) out = values_of(root);
     rep.broadcast_bytes = static_cast<int64_t>(length * sizeof(double));
     rep.broadcast_seconds = std::chrono::duration<double>(Clock::now() - t_tree_end).count();
   }
-  return root;
+  return out;
 }
 
 }  // namespace rankprune::cluster

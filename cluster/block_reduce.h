@@ -12,8 +12,9 @@
 // Traffic: a node whose right child lives on another rank receives that child once (one message
 // of the full vector). Rank r's subtrees that hang under another rank's node are sent once, so
 // each rank sends at most ~log2(n_blocks) vectors and receives from higher ranks only (no cycle,
-// no deadlock); with P ranks and aligned ranges that is P - 1 vectors in all. The root is then
-// broadcast. Memory per rank: O(log2 n_blocks) vectors.
+// no deadlock); with P ranks and aligned ranges that is P - 1 vectors in all. Rank 0 then sends
+// the total to every rank (P - 1 vectors; point to point, so waiting ranks keep the liveness
+// rule). Memory per rank: O(log2 n_blocks) vectors.
 #pragma once
 
 #include <cstdint>
@@ -36,12 +37,12 @@ struct BlockReduceReport {
   double broadcast_seconds = 0;
 };
 
-// Every rank calls it with the same n_blocks and length. `block(b, out)` fills `out` (length
-// doubles, zeroed on entry) with block b's sum; it is called only for this rank's blocks, in
+// Every rank calls it with the same n_blocks and length. `block(b, out)` writes block b's sum to
+// `out` (length doubles, zeroed on entry); it is called only for this rank's blocks, in
 // ascending order. Returns the total (on every rank when `broadcast`, else on the rank that owns
 // block 0, i.e. rank 0; other ranks get an empty vector). n_blocks >= 1.
 std::vector<double> block_tree_sum(Communicator& comm, int64_t n_blocks, std::size_t length,
-                                   const std::function<void(int64_t, std::vector<double>&)>& block,
+                                   const std::function<void(int64_t, double*)>& block,
                                    bool broadcast = true, BlockReduceReport* report = nullptr);
 
 }  // namespace rankprune::cluster

@@ -30,8 +30,11 @@ void add_data_options(po::options_description& d) {
 }
 
 // Loads data per the options and collects statistics for `model_dir`.
+// Collective over `comm` (each rank reads the same data; blocks are shared out, the sum is the
+// same bits on any number of ranks); only rank 0 reports.
 CalibrationStats calibrate_from_options(const po::variables_map& vm, const std::string& model_dir,
-                                        const LinearLM& model, const ForwardOptions& fo, uint64_t seed) {
+                                        const LinearLM& model, const ForwardOptions& fo, uint64_t seed,
+                                        cluster::Communicator& comm) {
   if (!vm.count("data")) throw UsageError("--data is required (or --stats with prune)");
   const auto files = vm["data"].as<std::vector<std::string>>();
   std::string tok_path;
@@ -46,9 +49,11 @@ CalibrationStats calibrate_from_options(const po::variables_map& vm, const std::
   if (batch < 1) throw UsageError("--batch-size must be >= 1");
   auto data = load_calibration_data(files, tok.get(), tok_path, calibration_seq_len(vm),
                                     vm["sequences"].as<int64_t>(), seed, model.config().vocab_size);
-  std::cerr << "calibrate: " << data.ids.size(0) << " sequences x " << data.ids.size(1) << " tokens (of "
-            << data.available << " available)\n";
-  CalibrationStats s = collect_statistics(model, data.ids, batch, fo);
+  if (comm.rank() == 0)
+    std::cerr << "calibrate: " << data.ids.size(0) << " sequences x " << data.ids.size(1) << " tokens (of "
+              << data.available << " available)"
+              << (comm.size() > 1 ? cat(" over ", comm.size(), " ranks") : std::string()) << "\n";
+  CalibrationStats s = collect_statistics(model, data.ids, batch, fo, comm);
   s.meta["data_sha"] = data.data_sha;
   s.meta["seq_len"] = std::to_string(data.ids.size(1));
   s.meta["sequences"] = std::to_string(data.ids.size(0));
@@ -64,13 +69,22 @@ void declare_calibrate(po::options_description& d) {
       ("seed", po::value<uint64_t>()->default_value(0), "seed for choosing the calibration sequences");
   add_data_options(d);
   add_compute_options(d);
+  add_cluster_options(d);
 }
 
+int calibrate_on(const po::variables_map& vm, cluster::Communicator& comm);
+
 int run_calibrate(const po::variables_map& vm) {
+  auto comm = communicator_from(vm);
+  return run_collective(*comm, [&] { return calibrate_on(vm, *comm); });
+}
+
+int calibrate_on(const po::variables_map& vm, cluster::Communicator& comm) {
   const std::string dir = vm["model"].as<std::string>();
   ForwardOptions fo = forward_options_from(vm);
   LinearLM model = LinearLM::load(dir);
-  CalibrationStats s = calibrate_from_options(vm, dir, model, fo, vm["seed"].as<uint64_t>());
+  CalibrationStats s = calibrate_from_options(vm, dir, model, fo, vm["seed"].as<uint64_t>(), comm);
+  if (comm.rank() != 0) return kExitOk;  // rank 0 writes the file
   s.meta["model_sha"] = model_sha(dir);
   s.save(vm["out"].as<std::string>());
   std::cout << "wrote statistics of " << s.tokens << " tokens (" << s.layers << " layers x " << s.heads
@@ -113,7 +127,8 @@ int run_prune(const po::variables_map& vm) {
     stats.check_matches(model.config(), model_sha(dir), sp_path);
     sp = &stats;
   } else if (method_needs_statistics(method)) {
-    stats = calibrate_from_options(vm, dir, model, fo, seed);
+    auto local = cluster::make_local();  // prune is one process; `calibrate` or `sweep` shard over ranks
+    stats = calibrate_from_options(vm, dir, model, fo, seed, *local);
     sp = &stats;
   }
   Selection sel = select_channels(model, sp, method, ratio, seed, vm["pca-include-queries"].as<bool>());

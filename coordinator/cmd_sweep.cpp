@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 
 #include "common/error.h"
@@ -54,6 +55,9 @@ void declare_sweep(po::options_description& d) {
        "calibration sequences per forward pass (and per block of the rank-independent reduction)")
       ("save-pruned", po::value<std::string>(),
        "also write every pruned variant as an fla checkpoint under this folder, one subfolder per method-ratio-seed")
+      ("stop-margin", po::value<double>(),
+       "seconds between a pre-timeout warning signal and the hard limit (default: $RANKPRUNE_STOP_MARGIN, else "
+       "unknown); the sweep warns when a job takes longer than this, since a warned sweep finishes its running job")
       ("lease-seconds", po::value<double>()->default_value(120),
        "a claimed job's lease in the DB, renewed every quarter of it; another run may take the job over only once "
        "it has expired (or its process is gone)")
@@ -83,8 +87,9 @@ std::string argv_json(const po::variables_map& vm) {
 int run_sweep(const po::variables_map& vm) {
   // Signals from the first instruction: a TERM during loading or calibration stops the sweep at
   // the next step boundary (statistics already computed are kept), not mid-write.
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
+  // USR1/USR2 are the usual Slurm pre-timeout warnings (--signal=B:USR1@N); they stop the sweep
+  // the same way, and the exit code (128 + the last signal) tells the batch script which it was.
+  for (int sig : {SIGINT, SIGTERM, SIGUSR1, SIGUSR2}) std::signal(sig, on_stop_signal);
   auto comm = communicator_from(vm);
   return run_collective(*comm, [&] {
     coord::SweepRequest req;
@@ -117,6 +122,16 @@ int run_sweep(const po::variables_map& vm) {
     req.db_path = vm["db"].as<std::string>();
     if (vm.count("stats-cache")) req.stats_cache = vm["stats-cache"].as<std::string>();
     if (vm.count("save-pruned")) req.save_pruned = vm["save-pruned"].as<std::string>();
+    if (vm.count("stop-margin")) {
+      req.stop_margin = vm["stop-margin"].as<double>();
+    } else if (const char* env = std::getenv("RANKPRUNE_STOP_MARGIN"); env && *env) {
+      try {
+        req.stop_margin = std::stod(env);
+      } catch (const std::exception&) {
+        throw UsageError(cat("RANKPRUNE_STOP_MARGIN: expected seconds, got '", env, "'"));
+      }
+    }
+    if (req.stop_margin < 0) throw UsageError(cat("--stop-margin must be >= 0, got ", req.stop_margin));
     req.argv_json = argv_json(vm);
     req.git_sha = RANKPRUNE_GIT_SHA;
     return coord::run_sweep(req, *comm, &g_stop_signal, std::cout, std::cerr);

@@ -82,6 +82,7 @@ class Scheduler {
     std::size_t remaining = 0;  // shards not back yet
     std::vector<std::vector<eval::Score>> unit_scores;
     double seconds = 0;  // compute time summed over its shards
+    Clock::time_point started{};  // its first shard went out
   };
   struct ShardState {
     plan::Shard plan;
@@ -107,6 +108,7 @@ class Scheduler {
         const std::string& host = opt_.hosts.empty() ? comm_.topology().host : opt_.hosts[static_cast<std::size_t>(rank)];
         if (db_.claim_job(t.job_id, opt_.owner, opt_.lease_seconds, host, rank, opt_.run_id)) {
           job.state = State::kClaimed;
+          job.started = Clock::now();
         } else {
           job.state = State::kTaken;
           ++out_.taken;
@@ -226,6 +228,13 @@ class Scheduler {
     job.unit_scores.clear();
     job.unit_scores.shrink_to_fit();
     ++out_.done;
+    const double wall = std::chrono::duration<double>(Clock::now() - job.started).count();
+    if (opt_.stop_margin > 0 && wall > opt_.stop_margin && !margin_warned_) {
+      margin_warned_ = true;
+      note(cat("sweep: warning: ", t.label, " ", t.task, " took ", wall, " s, longer than the ", opt_.stop_margin,
+               " s between the warning signal and the time limit: a warned sweep finishes its running jobs, so the "
+               "limit may cut one off; raise the margin (sbatch --signal=B:USR1@SECONDS) above the longest job"));
+    }
     if (opt_.out) {
       std::ostringstream line;
       line << "[" << out_.done << "/" << tickets_.size() << "] " << t.label << " " << t.task << ":";
@@ -318,6 +327,7 @@ class Scheduler {
   std::vector<Clock::time_point> heard_;
   Clock::duration interval_{};
   Clock::time_point alive_sent_{};
+  bool margin_warned_ = false;
   ScheduleOutcome out_;
 };
 

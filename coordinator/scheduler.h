@@ -45,6 +45,7 @@ struct SchedulerOptions {
   std::vector<std::string> hosts;      // host of every rank (for the jobs table and messages)
   std::ostream* out = nullptr;         // one line per finished job
   std::ostream* err = nullptr;         // notes
+  double stop_margin = 0;              // warning-to-limit seconds (0 = unknown): warn when a job is longer
 };
 
 struct ScheduleOutcome {

@@ -221,6 +221,11 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
               << (comm.size() > 1 ? cat(" over ", comm.size(), " ranks") : std::string()) << "\n";
         cluster::BlockReduceReport rep;
         stats = collect_statistics(model, cdata.ids, req.batch_size, req.forward, comm, &rep);
+        int64_t tree_bytes = 0, tree_messages = 0;  // over all ranks
+        if (comm.size() > 1) {
+          for (auto b : cluster::allgather_values(comm, rep.bytes_sent)) tree_bytes += b;
+          for (auto m : cluster::allgather_values(comm, rep.messages_sent)) tree_messages += m;
+        }
         on_rank0(comm, "saving the statistics", [&] {
           stats.meta["model_sha"] = req.model_sha;
           stats.meta["data_sha"] = cdata.data_sha;
@@ -230,8 +235,8 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
           fs::create_directories(parent_dir(r0.stats_path));
           stats.save(r0.stats_path);
           if (comm.size() > 1)
-            err << "sweep: statistics reduced over " << comm.size() << " ranks: rank 0 sent " << rep.bytes_sent
-                << " bytes, broadcast " << rep.broadcast_bytes << " bytes\n";
+            err << "sweep: statistics added over " << comm.size() << " ranks: " << tree_messages << " partial sum(s), "
+                << tree_bytes << " bytes, then the total (" << rep.broadcast_bytes << " bytes) to each rank\n";
         });
       }
     }
@@ -287,6 +292,7 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
     so.hosts = hosts;
     so.out = &out;
     so.err = &err;
+    so.stop_margin = req.stop_margin;
     ScheduleOutcome oc;
     {
       LeaseHeartbeat heartbeat(req.db_path, owner, req.lease_seconds);
@@ -301,6 +307,8 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
       throw InternalError(cat("sweep: job ", *oc.failure));
     }
     if (oc.stop_signal) {
+      // The latest signal wins: a TERM after a USR1 warning means cancelled, not warned.
+      if (stop_signal && *stop_signal != 0) oc.stop_signal = *stop_signal;
       err << "sweep: stopped by signal " << oc.stop_signal << " after " << oc.done << " job(s)"
           << (oc.released ? cat("; ", oc.released, " unfinished job(s) given back") : std::string())
           << "; re-run the same command to finish\n";

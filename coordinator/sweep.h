@@ -54,6 +54,7 @@ struct SweepRequest {
   std::string stats_cache;                 // folder; empty = <db>.cache
   std::optional<std::string> save_pruned;  // folder for every pruned variant's checkpoint
   double lease_seconds = 120;
+  double stop_margin = 0;  // seconds from a warning signal to the hard limit; 0 = unknown
   std::string argv_json = "{}";
   std::string git_sha = "unknown";
 };

@@ -8,8 +8,10 @@
 #include <sys/vfs.h>
 #endif
 
+#include <chrono>
 #include <cmath>
 #include <limits>
+#include <thread>
 #include <utility>
 
 #include "common/error.h"
@@ -241,11 +243,30 @@ std::int64_t Database::Impl::check_identity() {
 
 // WAL lets readers run while the sweep writes, but needs shared memory between all users of the
 // file, which network filesystems do not provide: there we keep the rollback (DELETE) journal.
+//
+// Changing the journal mode needs the file to itself, and SQLite answers SQLITE_BUSY at once
+// (without its busy handler) while another connection has it open: two sweeps opening one new
+// file together would fail. So the mode is only set when it is not already the one wanted, and
+// that attempt is retried for up to the busy timeout.
 void Database::Impl::choose_journal() {
   if (path == ":memory:" || sqlite3_db_readonly(db, "main") == 1) return;
   const bool network = on_network_filesystem(path);
-  const std::string mode =
-      query_text(network ? "PRAGMA journal_mode = DELETE" : "PRAGMA journal_mode = WAL");
+  const char* want = network ? "delete" : "wal";
+  std::string mode = query_text("PRAGMA journal_mode");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kBusyTimeoutMs);
+  while (mode != want) {
+    sqlite3_stmt* st = nullptr;
+    int rc = sqlite3_prepare_v2(db, network ? "PRAGMA journal_mode = DELETE" : "PRAGMA journal_mode = WAL", -1, &st,
+                                nullptr);
+    if (rc == SQLITE_OK) rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) mode = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    if (rc == SQLITE_ROW) break;
+    if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED) fail(rc, "setting the journal mode");
+    if (std::chrono::steady_clock::now() > deadline) fail(rc, "setting the journal mode");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    mode = query_text("PRAGMA journal_mode");
+  }
   exec(mode == "wal" ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL",
        "setting the synchronous mode");
 }

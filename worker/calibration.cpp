@@ -170,9 +170,11 @@ CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& 
   const ModelConfig& cfg = model.config();
   auto total = cluster::block_tree_sum(
       comm, n_blocks, CalibrationStats::packed_length(cfg),
-      [&](int64_t b, std::vector<double>& out) {
+      [&](int64_t b, double* out) {
         const int64_t lo = b * batch_size;
-        out = block_statistics(model, ids.narrow(0, lo, std::min(batch_size, ids.size(0) - lo)), opts).pack();
+        const auto packed =
+            block_statistics(model, ids.narrow(0, lo, std::min(batch_size, ids.size(0) - lo)), opts).pack();
+        std::copy(packed.begin(), packed.end(), out);
       },
       /*broadcast=*/true, report);
   return CalibrationStats::unpack(cfg, total, ids.numel());

@@ -65,20 +65,9 @@ int64_t done_jobs(const std::string& db_path) {
 }
 
 pid_t spawn(const std::vector<std::string>& args) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    std::vector<char*> argv;
-    std::string bin = RANKPRUNE_BINARY;
-    argv.push_back(bin.data());
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    freopen("/dev/null", "w", stdout);
-    freopen("/dev/null", "w", stderr);
-    execv(bin.c_str(), argv.data());
-    _exit(127);
-  }
-  return pid;
+  std::vector<std::string> argv{RANKPRUNE_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return spawn_process(argv);
 }
 
 TEST_F(SweepCli, RerunIsANoOpAndQueryAndReportReadTheDatabase) {
@@ -189,6 +178,78 @@ TEST_F(SweepCli, BadInputIsRefusedClearly) {
   EXPECT_NE(nodata.out.find("--data"), std::string::npos) << nodata.out;
   EXPECT_FALSE(file_exists(tmp_.file("x.db")));
   EXPECT_FALSE(file_exists(tmp_.file("y.db")));
+}
+
+
+TEST_F(SweepCli, TwoConcurrentSweepsOnOneDatabaseDoEveryJobOnce) {
+  const auto ref_db = tmp_.file("ref.db"), db = tmp_.file("shared.db");
+  // More items per job than the other tests, so that the two runs surely overlap.
+  auto heavier = [&](const std::string& path) {
+    auto a = sweep_args(path);
+    a[std::find(a.begin(), a.end(), "--limit") - a.begin() + 1] = "24";
+    a[std::find(a.begin(), a.end(), "--max-length") - a.begin() + 1] = "512";
+    return a;
+  };
+  ASSERT_EQ(run_rankprune(heavier(ref_db)).exit_code, 0);
+  // Two independent processes on one file (as two array elements on one node would be): leases
+  // split the jobs between them; neither runs a job the other holds, neither resets the other's.
+  std::vector<std::string> argv{RANKPRUNE_BINARY};
+  const auto args = heavier(db);
+  argv.insert(argv.end(), args.begin(), args.end());
+  const int a = spawn_process(argv, tmp_.file("a.log"));
+  const int b = spawn_process(argv, tmp_.file("b.log"));
+  EXPECT_EQ(wait_process(a), 0) << read_file(tmp_.file("a.log"));
+  EXPECT_EQ(wait_process(b), 0) << read_file(tmp_.file("b.log"));
+  // Both did work (they overlapped), and together exactly the 39 jobs.
+  auto jobs_done = [](const std::string& log) {
+    const auto at = log.find(" job(s) done");
+    if (at == std::string::npos) return -1;
+    const auto start = log.rfind("sweep: ", at);
+    return std::stoi(log.substr(start + 7, at - start - 7));
+  };
+  const int na = jobs_done(read_file(tmp_.file("a.log"))), nb = jobs_done(read_file(tmp_.file("b.log")));
+  EXPECT_GT(na, 0) << read_file(tmp_.file("a.log"));
+  EXPECT_GT(nb, 0) << read_file(tmp_.file("b.log"));
+  EXPECT_EQ(na + nb, 39);
+  auto d = storage::Database::open(db);
+  const auto jobs = d.jobs();
+  EXPECT_EQ(jobs.size(), 39u);
+  for (const auto& j : jobs) {
+    EXPECT_EQ(j.state, "done") << j.method << " " << j.task;
+    EXPECT_EQ(j.attempts, 1) << "job " << j.id << " ran more than once";
+  }
+  std::size_t rows = 0;
+  EXPECT_EQ(metric_map(db, &rows), metric_map(ref_db));
+  EXPECT_EQ(rows, 13u * 3u * 2u);
+}
+
+TEST_F(SweepCli, NpyRowsGiveTheSequenceLength) {
+  // [6, 16] int32 ids: calibrate without --seq-len takes 16 from the file; a different --seq-len
+  // is an error naming the file and both lengths.
+  const auto npy = tmp_.file("ids.npy");
+  {
+    std::string header = "{'descr': '<i4', 'fortran_order': False, 'shape': (6, 16), }";
+    while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+    header += '\n';
+    std::string bytes = std::string("\x93NUMPY\x01\x00", 8);
+    bytes += static_cast<char>(header.size() & 0xff);
+    bytes += static_cast<char>(header.size() >> 8);
+    bytes += header;
+    for (int i = 0; i < 6 * 16; ++i) {
+      const int32_t v = (i * 7) % 300;
+      bytes.append(reinterpret_cast<const char*>(&v), 4);
+    }
+    write_file_atomic(npy, bytes);
+  }
+  const auto out = tmp_.file("s.safetensors");
+  auto ok = run_rankprune({"calibrate", "--model", model_, "--data", npy, "--sequences", "4", "--out", out});
+  ASSERT_EQ(ok.exit_code, 0) << ok.out;
+  EXPECT_NE(ok.out.find("4 sequences x 16 tokens"), std::string::npos) << ok.out;
+  auto bad = run_rankprune({"calibrate", "--model", model_, "--data", npy, "--seq-len", "32", "--sequences", "4",
+                            "--out", tmp_.file("t.safetensors")});
+  EXPECT_EQ(bad.exit_code, 1) << bad.out;
+  EXPECT_NE(bad.out.find("ids.npy': rows have 16 tokens but --seq-len is 32"), std::string::npos) << bad.out;
+  EXPECT_FALSE(file_exists(tmp_.file("t.safetensors")));
 }
 
 }  // namespace

@@ -14,13 +14,14 @@ namespace rankprune::cluster {
 namespace {
 
 // Block b's values: wide magnitudes, so the order of additions shows in the last bits.
-void fill(int64_t b, std::vector<double>& out) {
+void fill_n(int64_t b, double* out, std::size_t n) {
   uint64_t s = 1000 + static_cast<uint64_t>(b);
-  for (auto& x : out) {
+  for (std::size_t i = 0; i < n; ++i) {
     const double u = static_cast<double>(splitmix64(s) >> 11) / 9007199254740992.0;  // [0, 1)
-    x = (u - 0.5) * std::pow(10.0, static_cast<double>(splitmix64(s) % 12));
+    out[i] = (u - 0.5) * std::pow(10.0, static_cast<double>(splitmix64(s) % 12));
   }
 }
+void fill(int64_t b, std::vector<double>& out) { fill_n(b, out.data(), out.size()); }
 
 // The reference: node [lo, hi) = [lo, mid) + [mid, hi), mid = lo + largest power of two below
 // hi - lo, written as a plain recursion on one thread.
@@ -49,9 +50,9 @@ TEST(BlockTreeSum, BitwiseTheReferenceTreeForEveryRankCount) {
       std::vector<std::vector<double>> got(static_cast<std::size_t>(P));
       std::vector<std::vector<int64_t>> seen(static_cast<std::size_t>(P));
       run_threads(P, [&](Communicator& c) {
-        got[static_cast<std::size_t>(c.rank())] = block_tree_sum(c, blocks, n, [&](int64_t b, std::vector<double>& out) {
+        got[static_cast<std::size_t>(c.rank())] = block_tree_sum(c, blocks, n, [&](int64_t b, double* out) {
           seen[static_cast<std::size_t>(c.rank())].push_back(b);
-          fill(b, out);
+          fill_n(b, out, n);
         });
       });
       for (int r = 0; r < P; ++r) {
@@ -92,7 +93,7 @@ TEST(BlockTreeSum, TrafficIsOneVectorPerRemoteSubtree) {
   // 8 blocks on 4 ranks: ranks 1, 2, 3 each send one subtree; rank 0 sends nothing.
   std::vector<BlockReduceReport> rep(4);
   run_threads(4, [&](Communicator& c) {
-    block_tree_sum(c, 8, 10, [](int64_t b, std::vector<double>& out) { fill(b, out); }, true,
+    block_tree_sum(c, 8, 10, [](int64_t b, double* out) { fill_n(b, out, 10); }, true,
                    &rep[static_cast<std::size_t>(c.rank())]);
   });
   EXPECT_EQ(rep[0].messages_sent, 0);
@@ -111,9 +112,9 @@ TEST(BlockTreeSum, ASlowPeerIsWaitedForASilentOneIsAnError) {
   run_threads(
       2,
       [&](Communicator& c) {
-        auto v = block_tree_sum(c, 12, 4, [&](int64_t b, std::vector<double>& out) {
+        auto v = block_tree_sum(c, 12, 4, [&](int64_t b, double* out) {
           if (c.rank() == 1) std::this_thread::sleep_for(60ms);
-          fill(b, out);
+          fill_n(b, out, 4);
         });
         if (c.rank() == 0) got = v;
       },
@@ -125,9 +126,9 @@ TEST(BlockTreeSum, ASlowPeerIsWaitedForASilentOneIsAnError) {
     run_threads(
         2,
         [&](Communicator& c) {
-          block_tree_sum(c, 2, 4, [&](int64_t b, std::vector<double>& out) {
+          block_tree_sum(c, 2, 4, [&](int64_t b, double* out) {
             if (c.rank() == 1) std::this_thread::sleep_for(900ms);
-            fill(b, out);
+            fill_n(b, out, 4);
           });
         },
         200ms);

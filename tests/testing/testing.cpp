@@ -62,4 +62,28 @@ CommandResult run_rankprune(const std::vector<std::string>& args) {
   return r;
 }
 
+int spawn_process(const std::vector<std::string>& argv, const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::vector<std::string> copy = argv;
+    std::vector<char*> args;
+    for (auto& a : copy) args.push_back(a.data());
+    args.push_back(nullptr);
+    const std::string out = log.empty() ? "/dev/null" : log;
+    if (!std::freopen(out.c_str(), "w", stdout)) _exit(126);
+    ::dup2(::fileno(stdout), ::fileno(stderr));
+    ::execv(copy[0].c_str(), args.data());
+    _exit(127);
+  }
+  return static_cast<int>(pid);
+}
+
+int wait_process(int pid) {
+  int status = 0;
+  if (::waitpid(static_cast<pid_t>(pid), &status, 0) < 0) return -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
 }  // namespace rankprune::testing

@@ -48,4 +48,10 @@ void expect_input_error(Fn&& fn, std::initializer_list<std::string> needles) {
 // Runs the built `rankprune` binary with `args` (each argument shell-quoted).
 CommandResult run_rankprune(const std::vector<std::string>& args);
 
+// Starts `argv` (argv[0] is the program's path) in the background with stdout and stderr going to
+// `log` (or /dev/null when empty); returns its pid. wait_process returns its exit code, or 128 +
+// the signal that ended it.
+int spawn_process(const std::vector<std::string>& argv, const std::string& log = "");
+int wait_process(int pid);
+
 }  // namespace rankprune::testing
