@@ -112,7 +112,7 @@ int run_sweep(const po::variables_map& vm) {
     const auto tok = Tokenizer::load(req.tokenizer_path);
     req.tokenizer = tok.get();
     req.eval = eval_settings_from(vm, "eval-batch-size", "eval-seq-len", model.config(), req.forward);
-    req.model_sha = model_sha(req.model_dir);
+    if (comm->rank() == 0) req.model_sha = model_sha(req.model_dir);  // the DB's key; only rank 0 needs it
     if (vm.count("data")) req.data = vm["data"].as<std::vector<std::string>>();
     req.seq_len = calibration_seq_len(vm);
     req.sequences = vm["sequences"].as<int64_t>();

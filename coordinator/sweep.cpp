@@ -4,6 +4,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -91,6 +92,7 @@ class LeaseHeartbeat {
 
 struct Rank0 {  // what only rank 0 holds
   std::optional<storage::Database> db;
+  std::unique_ptr<LeaseHeartbeat> heartbeat;  // the run's and its jobs' leases, from begin_run on
   int64_t run_id = 0, model_id = 0;
   std::optional<int64_t> cal_id;
   std::string eval_config, stats_path;
@@ -125,6 +127,7 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
     if (int n = r0.db->reset_interrupted_jobs(); n > 0)
       err << "sweep: " << n << " job(s) left running by an interrupted run go back to pending\n";
     r0.run_id = r0.db->begin_run(req.argv_json, req.git_sha, comm.topology().host, owner, req.lease_seconds);
+    r0.heartbeat = std::make_unique<LeaseHeartbeat>(req.db_path, owner, req.lease_seconds);
     r0.model_id = r0.db->ensure_model(
         {req.model_dir, req.model_sha, arch_name(model.config().arch), model.config().to_json().dump()});
     r0.eval_config = plan::eval_identity(
@@ -293,11 +296,7 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
     so.out = &out;
     so.err = &err;
     so.stop_margin = req.stop_margin;
-    ScheduleOutcome oc;
-    {
-      LeaseHeartbeat heartbeat(req.db_path, owner, req.lease_seconds);
-      oc = schedule(comm, *r0.db, executor, tickets, so, stop_signal);
-    }
+    ScheduleOutcome oc = schedule(comm, *r0.db, executor, tickets, so, stop_signal);
     if (oc.taken > 0)
       err << "sweep: " << oc.taken << " job(s) were held or finished by another run on " << req.db_path
           << "; not run here\n";

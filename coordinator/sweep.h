@@ -34,7 +34,7 @@ class RootFailed : public std::runtime_error {
 struct SweepRequest {
   // The model as every rank loaded it (memory-mapped), and its identity.
   std::string model_dir;
-  std::string model_sha;
+  std::string model_sha;  // read on rank 0 only
   const LinearLM* model = nullptr;
   const Tokenizer* tokenizer = nullptr;
   std::string tokenizer_path;  // or "bytes"
