@@ -17,6 +17,9 @@ namespace rankprune::cluster {
 namespace detail {
 
 std::string host_name() {
+  // Under Slurm the node's name (what sinfo, squeue and the job log call it; several slurmd may
+  // share one machine's hostname), else the machine's.
+  if (const char* node = std::getenv("SLURMD_NODENAME"); node && *node) return node;
   char buf[HOST_NAME_MAX + 1] = {};
   if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "unknown-host";
   return buf;

@@ -10,7 +10,7 @@ namespace rankprune::cluster::detail {
 
 using Clock = std::chrono::steady_clock;
 
-// gethostname(), or "unknown-host".
+// $SLURMD_NODENAME when set (the Slurm node name), else gethostname(), else "unknown-host".
 std::string host_name();
 
 // getenv(name) parsed as a leading non-negative integer ("4" and "4(x2)" -> 4); nullopt when

@@ -71,6 +71,7 @@ class Scheduler {
     }
     give_back();
     stop_workers();
+    for (const auto& j : jobs_) out_.left += j.state == State::kDone || j.state == State::kTaken ? 0 : 1;
     out_.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     return out_;
   }
@@ -190,6 +191,13 @@ class Scheduler {
     for (int r = 1; r < comm_.size(); ++r)
       if (!outstanding_[static_cast<std::size_t>(r)].empty() && now - heard_[static_cast<std::size_t>(r)] > comm_.timeout())
         lost(r);
+    if (opt_.stop_margin > 0 && !margin_warned_)
+      for (std::size_t j = 0; j < jobs_.size(); ++j)
+        if (jobs_[j].state == State::kClaimed &&
+            std::chrono::duration<double>(now - jobs_[j].started).count() > opt_.stop_margin) {
+          warn_margin(j, std::chrono::duration<double>(now - jobs_[j].started).count(), "has been running for");
+          break;
+        }
   }
 
   void take_back(int rank, std::size_t s) {
@@ -229,12 +237,7 @@ class Scheduler {
     job.unit_scores.shrink_to_fit();
     ++out_.done;
     const double wall = std::chrono::duration<double>(Clock::now() - job.started).count();
-    if (opt_.stop_margin > 0 && wall > opt_.stop_margin && !margin_warned_) {
-      margin_warned_ = true;
-      note(cat("sweep: warning: ", t.label, " ", t.task, " took ", wall, " s, longer than the ", opt_.stop_margin,
-               " s between the warning signal and the time limit: a warned sweep finishes its running jobs, so the "
-               "limit may cut one off; raise the margin (sbatch --signal=B:USR1@SECONDS) above the longest job"));
-    }
+    if (opt_.stop_margin > 0 && wall > opt_.stop_margin && !margin_warned_) warn_margin(j, wall, "took");
     if (opt_.out) {
       std::ostringstream line;
       line << "[" << out_.done << "/" << tickets_.size() << "] " << t.label << " " << t.task << ":";
@@ -262,6 +265,7 @@ class Scheduler {
   }
 
   [[noreturn]] void lost(int rank) {
+    lost_rank_ = rank;
     const std::string why = cat("rank ", rank, " (host ", host(rank), ") stopped answering: no message for ",
                                 std::chrono::duration<double>(comm_.timeout()).count(),
                                 " s while it held work (it may have died; --comm-timeout raises the limit); re-run "
@@ -275,10 +279,14 @@ class Scheduler {
     throw cluster::CommError(cat(comm_.where(), ": ", why));
   }
 
+  // Tells every worker that can still hear to stop. After a lost rank the sends are best effort
+  // and not waited for: the run is about to end, and waiting for a dead peer would add a second
+  // timeout.
   void stop_workers() {
     try {
-      for (int r = 1; r < comm_.size(); ++r) comm_.send(r, proto::kToWorker, proto::encode_simple("stop"));
-      comm_.flush();
+      for (int r = 1; r < comm_.size(); ++r)
+        if (r != lost_rank_) comm_.send(r, proto::kToWorker, proto::encode_simple("stop"));
+      if (lost_rank_ < 0) comm_.flush();
     } catch (const std::exception& e) {
       note(cat("sweep: could not tell every worker to stop: ", e.what()));
     }
@@ -294,6 +302,14 @@ class Scheduler {
       jobs_[j].state = State::kTaken;
       ++out_.taken;
     }
+  }
+
+  // Once per run: a job longer than the warning-to-limit margin (--stop-margin) may be cut off.
+  void warn_margin(std::size_t j, double seconds, const char* verb) {
+    margin_warned_ = true;
+    note(cat("sweep: warning: ", tickets_[j].label, " ", tickets_[j].task, " ", verb, " ", seconds, " s, longer than the ",
+             opt_.stop_margin, " s between the warning signal and the time limit: a warned sweep finishes its running "
+             "jobs, so the limit may cut one off; raise the margin (sbatch --signal=B:USR1@SECONDS) above the longest job"));
   }
 
   // Jobs claimed but not finished go back to pending for the next run.
@@ -328,6 +344,7 @@ class Scheduler {
   Clock::duration interval_{};
   Clock::time_point alive_sent_{};
   bool margin_warned_ = false;
+  int lost_rank_ = -1;
   ScheduleOutcome out_;
 };
 

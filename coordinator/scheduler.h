@@ -52,6 +52,7 @@ struct ScheduleOutcome {
   int64_t done = 0;          // jobs this run completed
   int64_t taken = 0;         // jobs skipped: another live run holds them, or finished them meanwhile
   int64_t released = 0;      // claimed, not finished (stop or failure): back to pending
+  int64_t left = 0;          // jobs this run neither finished nor saw finished elsewhere (0: nothing left)
   int stop_signal = 0;       // the signal that stopped the run early, 0 if none
   std::optional<std::string> failure;  // the first failed job's message
   bool failure_is_input = true;        // that failure was the user's data/options (exit 1), else internal

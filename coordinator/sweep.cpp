@@ -305,6 +305,11 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
       if (oc.failure_is_input) throw InputError(cat("sweep: job ", *oc.failure));
       throw InternalError(cat("sweep: job ", *oc.failure));
     }
+    if (oc.stop_signal && oc.left == 0) {
+      // The signal came while the last jobs ran: they finished, nothing is left to re-run.
+      err << "sweep: caught signal " << oc.stop_signal << " but every job finished\n";
+      oc.stop_signal = 0;
+    }
     if (oc.stop_signal) {
       // The latest signal wins: a TERM after a USR1 warning means cancelled, not warned.
       if (stop_signal && *stop_signal != 0) oc.stop_signal = *stop_signal;

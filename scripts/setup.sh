@@ -16,6 +16,7 @@ PACKAGES=(
   liblapack-dev liblapacke-dev
   nlohmann-json3-dev libsentencepiece-dev libgtest-dev
   libopenmpi-dev openmpi-bin
+  slurm-wlm munge sqlite3           # tests/slurm: a real local Slurm cluster; sqlite3 CLI reads the DBs
 )
 
 missing=()

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <sstream>
@@ -371,6 +372,47 @@ TEST(Scheduler, TwoRunsOnOneDatabaseDoEveryJobOnce) {
     coord::schedule(*local, d, ex, w.tickets(d), options("simA"), nullptr);
   }
   EXPECT_EQ(snapshot(path).metrics, snapshot(alone).metrics);
+}
+
+
+// An ostream that raises a flag once something is written: the scheduler writes one line per
+// finished job, so this sets a "signal" right after the first job.
+class SignalOnWrite : public std::streambuf {
+ public:
+  explicit SignalOnWrite(std::atomic<int>& flag) : flag_(flag) {}
+
+ protected:
+  int overflow(int c) override {
+    flag_ = 10;  // SIGUSR1
+    return c;
+  }
+
+ private:
+  std::atomic<int>& flag_;
+};
+
+TEST(Scheduler, ASignalStopsNewWorkAndSaysWhatIsLeft) {
+  SchedulerWorld w;
+  for (std::size_t n : {std::size_t{1}, std::size_t{3}}) {
+    auto db = storage::Database::open(":memory:");
+    auto all = w.tickets(db);
+    all.resize(n);
+    std::atomic<int> flag{0};
+    SignalOnWrite buf(flag);
+    std::ostream out(&buf);
+    auto o = options("simA");
+    o.out = &out;
+    auto local = cluster::make_local();
+    Executor ex(*w.model, *w.tok, w.settings);
+    ex.set_variants(w.variants);
+    const auto oc = coord::schedule(*local, db, ex, all, o, &flag);
+    EXPECT_EQ(oc.stop_signal, 10);
+    EXPECT_EQ(oc.done, 1);
+    // A warning during the last job leaves nothing to do (the sweep then exits 0, not 138).
+    EXPECT_EQ(oc.left, static_cast<int64_t>(n - 1)) << n << " jobs";
+    EXPECT_EQ(oc.released, 0);
+    for (const auto& j : db.jobs()) EXPECT_NE(j.state, "running");
+  }
 }
 
 }  // namespace
