@@ -27,6 +27,35 @@ std::string unique_suffix() {
 }  // namespace
 
 std::string read_file(const std::string& path) {
+  // A regular file is read into a string of its size (one copy of the bytes in memory; a
+  // stringstream would peak at ~3x while growing); anything else (a pipe, /dev/stdin) streams.
+  {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    RP_CHECK_INPUT(fd >= 0, "cannot open '", path, "': ", std::strerror(errno));
+    struct stat st;
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      std::string out(static_cast<std::size_t>(st.st_size), '\0');
+      std::size_t got = 0;
+      while (got < out.size()) {
+        const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+          const int err = errno;
+          ::close(fd);
+          throw InputError(cat("error reading '", path, "': ", std::strerror(err)));
+        }
+        if (n == 0) break;  // the file shrank while being read
+        got += static_cast<std::size_t>(n);
+      }
+      out.resize(got);
+      // A file that grew meanwhile: take the rest too.
+      char buf[65536];
+      for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+      ::close(fd);
+      return out;
+    }
+    ::close(fd);
+  }
   std::ifstream in(path, std::ios::binary);
   RP_CHECK_INPUT(in.good(), "cannot open '", path, "': ", std::strerror(errno));
   std::ostringstream ss;
@@ -76,20 +105,34 @@ AtomicFile::~AtomicFile() {
   if (!committed_) std::remove(tmp_.c_str());
 }
 
+// Write errors name the file the user asked for and the reason; the temporary file is removed
+// by the destructor the exception runs, so the message says so.
 void AtomicFile::write(const void* data, std::size_t n) {
   RP_ASSERT(f_ != nullptr && !committed_);
   if (n == 0) return;
-  RP_CHECK_INPUT(std::fwrite(data, 1, n, f_) == n, "write to '", tmp_, "' failed: ", std::strerror(errno));
+  if (std::fwrite(data, 1, n, f_) != n) {
+    const int err = errno;
+    throw InputError(cat("writing '", path_, "' failed: ", std::strerror(err), " (nothing was written to '", path_,
+                         "'; its temporary file is removed)"));
+  }
 }
 
 void AtomicFile::commit() {
   RP_ASSERT(f_ != nullptr && !committed_);
-  bool ok = std::fflush(f_) == 0 && ::fsync(::fileno(f_)) == 0;
-  ok = (std::fclose(f_) == 0) && ok;
+  // The first failure's errno is the reason (a later call may overwrite errno).
+  int err = 0;
+  const char* step = nullptr;
+  if (std::fflush(f_) != 0) err = errno, step = "writing";
+  else if (::fsync(::fileno(f_)) != 0) err = errno, step = "syncing";
+  if (std::fclose(f_) != 0 && err == 0) err = errno, step = "closing";
   f_ = nullptr;
-  RP_CHECK_INPUT(ok, "flushing '", tmp_, "' failed: ", std::strerror(errno));
-  RP_CHECK_INPUT(std::rename(tmp_.c_str(), path_.c_str()) == 0, "renaming '", tmp_, "' to '", path_,
-                 "' failed: ", std::strerror(errno));
+  if (step)
+    throw InputError(cat(step, " '", path_, "' failed: ", std::strerror(err), " (nothing was written to '", path_,
+                         "'; its temporary file is removed)"));
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    err = errno;
+    throw InputError(cat("renaming '", tmp_, "' to '", path_, "' failed: ", std::strerror(err)));
+  }
   committed_ = true;
 }
 

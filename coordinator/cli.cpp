@@ -6,12 +6,26 @@
 
 #include <iostream>
 
+#include "common/boost_po_guard.h"
 #include "common/error.h"
+#include "common/fs.h"
 #include "coordinator/sweep.h"
 #include "kernels/threads.h"
 #include "model/linear_lm.h"
 
 namespace rankprune::cli {
+
+void store_config_file(const std::string& path, const po::options_description& desc, po::variables_map& vm) {
+  if (!file_exists(path)) throw InputError(cat("--config: '", path, "' does not exist"));
+  if (const auto tok = boost_po_token_in(read_file(path)); !tok.empty())
+    throw InputError(cat("config file '", path, "' contains '", tok,
+                         "', which rankprune does not accept in option names or values"));
+  try {
+    po::store(po::parse_config_file<char>(path.c_str(), desc), vm);
+  } catch (const po::error& e) {
+    throw InputError(cat("config file '", path, "': ", e.what()));
+  }
+}
 
 void add_compute_options(po::options_description& d) {
   d.add_options()

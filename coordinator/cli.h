@@ -30,6 +30,11 @@ struct Command {
   std::function<void(po::positional_options_description&)> positional = {};
 };
 
+// --config FILE: stores the options of `path` (Boost's "name = value" lines) into `vm`, after what
+// is there already (so the command line wins). InputError naming the file when it is missing,
+// holds text Boost cannot report on (common/boost_po_guard.h) or does not parse.
+void store_config_file(const std::string& path, const po::options_description& desc, po::variables_map& vm);
+
 // Registration: each cmd_*.cpp adds its commands through these (called from main).
 void register_model_commands(std::vector<Command>& out);
 void register_prune_commands(std::vector<Command>& out);

@@ -188,7 +188,7 @@ int run_report(const po::variables_map& vm) {
       const std::string text = read_file(f);  // InputError naming the file when unreadable
       try {
         in.analyses.push_back(nlohmann::json::parse(text));
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {  // parse errors and numbers beyond double
         throw InputError(cat("--analysis: '", f, "' is not valid JSON: ", e.what()));
       }
       in.analysis_files.push_back(f);

@@ -2,8 +2,10 @@
 // maps errors to exit codes: 1 = bad input (file, tensor, config), 2 = bad usage, 3 = internal.
 #include <torch/torch.h>
 
+#include <csignal>
 #include <iostream>
 
+#include "common/boost_po_guard.h"
 #include "common/error.h"
 #include "common/fs.h"
 #include "coordinator/cli.h"
@@ -44,6 +46,12 @@ int dispatch(int argc, char** argv) {
     print_overview(cmds, std::cerr);
     throw UsageError(cat("unknown command '", name, "'"));
   }
+  // Boost.Program_options hangs formatting an error about text holding its own message tokens
+  // (common/boost_po_guard.h): such arguments are refused before Boost sees them.
+  for (int i = 2; i < argc; ++i)
+    if (const auto tok = boost_po_token_in(argv[i]); !tok.empty())
+      throw UsageError(cat("argument ", i - 1, " ('", argv[i], "') contains '", tok,
+                           "', which rankprune does not accept in options or values"));
   po::options_description desc(cat("rankprune ", cmd->name, " options"));
   desc.add_options()("help,h", "show this help");
   cmd->declare(desc);
@@ -64,13 +72,7 @@ int dispatch(int argc, char** argv) {
     // --config FILE (commands that declare it): the same options in Boost's "name = value" syntax.
     // Stored after the command line, so the command line wins.
     if (desc.find_nothrow("config", false) && vm.count("config")) {
-      const std::string path = vm["config"].as<std::string>();
-      if (!file_exists(path)) throw InputError(cat("--config: '", path, "' does not exist"));
-      try {
-        po::store(po::parse_config_file<char>(path.c_str(), desc), vm);
-      } catch (const po::error& e) {
-        throw InputError(cat("config file '", path, "': ", e.what()));
-      }
+      store_config_file(vm["config"].as<std::string>(), desc, vm);
     }
     po::notify(vm);
   } catch (const po::error& e) {
@@ -82,6 +84,9 @@ int dispatch(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Past a file-size limit (ulimit -f, RLIMIT_FSIZE) a write then fails with EFBIG, which the
+  // writers report naming the file, instead of SIGXFSZ killing the process without a word.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     return dispatch(argc, argv);
   } catch (const UsageError& e) {

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <string_view>
 
 #include "common/error.h"
 #include "common/fs.h"
@@ -17,21 +18,33 @@ std::string read_existing(const std::string& path) {
   return read_file(path);
 }
 
-// Lines of a text file; a final newline does not make an extra empty line, and a trailing '\r'
-// (CRLF files) is dropped.
-std::vector<std::string> split_lines(const std::string& data) {
-  std::vector<std::string> lines;
-  std::size_t start = 0;
-  while (start < data.size()) {
-    std::size_t nl = data.find('\n', start);
-    if (nl == std::string::npos) nl = data.size();
-    std::string line = data.substr(start, nl - start);
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    lines.push_back(std::move(line));
-    start = nl + 1;
+// The lines of a text file, one at a time, as views into it (a reader holds the file once, never
+// a string per line: a file of blank lines would otherwise cost ~32 bytes per byte). A final
+// newline does not make an extra empty line, and a trailing '\r' (CRLF files) is dropped.
+class Lines {
+ public:
+  explicit Lines(const std::string& data) : data_(data) {}
+  bool next(std::string_view* line) {
+    if (pos_ >= data_.size()) return false;
+    std::size_t nl = data_.find('\n', pos_);
+    if (nl == std::string::npos) nl = data_.size();
+    std::string_view l(data_.data() + pos_, nl - pos_);
+    if (!l.empty() && l.back() == '\r') l.remove_suffix(1);
+    *line = l;
+    pos_ = nl + 1;
+    return true;
   }
-  return lines;
-}
+  std::size_t count_rest() {
+    std::size_t n = 0;
+    std::string_view l;
+    while (next(&l)) ++n;
+    return n;
+  }
+
+ private:
+  const std::string& data_;
+  std::size_t pos_ = 0;
+};
 
 bool want_more(std::size_t have, long limit) { return limit <= 0 || have < static_cast<std::size_t>(limit); }
 
@@ -39,9 +52,9 @@ bool want_more(std::size_t have, long limit) { return limit <= 0 || have < stati
   throw InputError(cat(path, ":", line, ": ", what));
 }
 
-json parse_row(const std::string& path, std::size_t line_no, const std::string& line) {
+json parse_row(const std::string& path, std::size_t line_no, std::string_view line) {
   try {
-    json j = json::parse(line);
+    json j = json::parse(line.begin(), line.end());
     if (!j.is_object()) bad_row(path, line_no, "expected a JSON object");
     return j;
   } catch (const json::exception& e) {
@@ -171,11 +184,18 @@ std::string hellaswag_preprocess(const std::string& text) {
   std::string s = replace_all(py_strip(text), " [title]", ". ");
   std::string out;
   std::size_t i = 0;
+  // The first ']' or '\n' after the last '[' searched from, remembered while it lies ahead: a
+  // run of '[' without a ']' would otherwise rescan to the end from every '[' (quadratic).
+  std::size_t stop = 0;
+  bool have_stop = false;
   while (i < s.size()) {
     if (s[i] == '[') {
       // "\[.*?\]": '.' does not match '\n', so a tag never spans lines.
-      std::size_t j = i + 1;
-      while (j < s.size() && s[j] != ']' && s[j] != '\n') ++j;
+      if (!have_stop || stop < i + 1) {
+        stop = std::min(s.find_first_of("]\n", i + 1), s.size());
+        have_stop = true;
+      }
+      const std::size_t j = stop;
       if (j < s.size() && s[j] == ']') {
         i = j + 1;
         continue;
@@ -224,32 +244,42 @@ std::int64_t python_split_ws_count(const std::string& s) {
 
 std::vector<McItem> read_piqa(const std::string& jsonl_path, const std::string& labels_path,
                               long limit) {
-  const auto rows = split_lines(read_existing(jsonl_path));
-  const auto labels = split_lines(read_existing(labels_path));
+  const std::string rows_text = read_existing(jsonl_path), labels_text = read_existing(labels_path);
+  Lines rows(rows_text), labels(labels_text);
   std::vector<McItem> items;
-  for (std::size_t i = 0; i < rows.size() && want_more(items.size(), limit); ++i) {
-    const json j = parse_row(jsonl_path, i + 1, rows[i]);
+  std::size_t i = 0, n_labels = 0;
+  std::string_view row, label_line;
+  for (; want_more(items.size(), limit) && rows.next(&row); ++i) {
+    const json j = parse_row(jsonl_path, i + 1, row);
     McItem item;
     item.context = "Question: " + get_string(j, "goal", jsonl_path, i + 1) + "\nAnswer:";
     item.continuations = {" " + get_string(j, "sol1", jsonl_path, i + 1),
                           " " + get_string(j, "sol2", jsonl_path, i + 1)};
-    if (i >= labels.size()) bad_row(labels_path, i + 1, cat("missing label for row ", i + 1, " of ", jsonl_path));
-    const std::string label = py_strip(labels[i]);
-    if (label != "0" && label != "1") bad_row(labels_path, i + 1, cat("label must be 0 or 1, got '", labels[i], "'"));
+    if (!labels.next(&label_line))
+      bad_row(labels_path, i + 1, cat("missing label for row ", i + 1, " of ", jsonl_path));
+    ++n_labels;
+    const std::string label = py_strip(std::string(label_line));
+    if (label != "0" && label != "1")
+      bad_row(labels_path, i + 1, cat("label must be 0 or 1, got '", label_line, "'"));
     item.gold = label == "1" ? 1 : 0;
     items.push_back(std::move(item));
   }
-  if (limit <= 0 && labels.size() != rows.size())
-    throw InputError(cat(labels_path, ": ", labels.size(), " labels for ", rows.size(), " rows of ", jsonl_path));
+  if (limit <= 0) {
+    n_labels += labels.count_rest();
+    if (n_labels != i)
+      throw InputError(cat(labels_path, ": ", n_labels, " labels for ", i, " rows of ", jsonl_path));
+  }
   return items;
 }
 
 std::vector<McItem> read_arc(const std::string& jsonl_path, long limit) {
-  const auto rows = split_lines(read_existing(jsonl_path));
+  const std::string text = read_existing(jsonl_path);
+  Lines rows(text);
+  std::string_view row;
   std::vector<McItem> items;
   const std::string suffix = "\nAnswer:";
-  for (std::size_t i = 0; i < rows.size() && want_more(items.size(), limit); ++i) {
-    const json j = parse_row(jsonl_path, i + 1, rows[i]);
+  for (std::size_t i = 0; want_more(items.size(), limit) && rows.next(&row); ++i) {
+    const json j = parse_row(jsonl_path, i + 1, row);
     McItem item;
     // llm-foundry's query is "Question: {question}" without lm-eval's "\nAnswer:"; add it unless
     // a row already carries it.
@@ -284,12 +314,19 @@ std::vector<McItem> read_arc(const std::string& jsonl_path, long limit) {
 // lm-eval but not here; the dataset's ctx_b fields are lower-case-initial, so this does not arise
 // in the shipped rows as far as this rule can tell.
 std::vector<McItem> read_hellaswag(const std::string& txt_path, long limit) {
-  const auto lines = split_lines(read_existing(txt_path));
+  const std::string text = read_existing(txt_path);
+  Lines reader(text);
   std::vector<McItem> items;
-  for (std::size_t i = 0; i < lines.size() && want_more(items.size(), limit); i += 6) {
+  std::string_view first;
+  for (std::size_t i = 0; want_more(items.size(), limit) && reader.next(&first); i += 6) {
     const std::size_t line_no = i + 1;
-    if (i + 6 > lines.size()) bad_row(txt_path, line_no, "incomplete item: expected 6 lines (context, gold, 4 endings)");
-    const std::string& head = lines[i];
+    std::string lines[6] = {std::string(first)};
+    for (std::size_t k = 1; k < 6; ++k) {
+      std::string_view l;
+      if (!reader.next(&l)) bad_row(txt_path, line_no, "incomplete item: expected 6 lines (context, gold, 4 endings)");
+      lines[k] = std::string(l);
+    }
+    const std::string& head = lines[0];
     const std::size_t colon = head.find(": ");
     if (colon == std::string::npos) bad_row(txt_path, line_no, "expected \"activity_label: context\"");
     const std::size_t ctx_start = colon + 2;
@@ -306,21 +343,23 @@ std::vector<McItem> read_hellaswag(const std::string& txt_path, long limit) {
       query = head.substr(0, frag_start) + python_capitalize(head.substr(frag_start));
     McItem item;
     item.context = hellaswag_preprocess(query);
-    const std::string gold = py_strip(lines[i + 1]);
+    const std::string gold = py_strip(lines[1]);
     if (gold.size() != 1 || gold[0] < '0' || gold[0] > '3')
-      bad_row(txt_path, line_no + 1, cat("gold must be 0..3, got '", lines[i + 1], "'"));
+      bad_row(txt_path, line_no + 1, cat("gold must be 0..3, got '", lines[1], "'"));
     item.gold = gold[0] - '0';
-    for (std::size_t k = 0; k < 4; ++k) item.continuations.push_back(" " + hellaswag_preprocess(lines[i + 2 + k]));
+    for (std::size_t k = 0; k < 4; ++k) item.continuations.push_back(" " + hellaswag_preprocess(lines[2 + k]));
     items.push_back(std::move(item));
   }
   return items;
 }
 
 std::vector<PartialItem> read_winogrande(const std::string& jsonl_path, long limit) {
-  const auto rows = split_lines(read_existing(jsonl_path));
+  const std::string text = read_existing(jsonl_path);
+  Lines rows(text);
+  std::string_view row;
   std::vector<PartialItem> items;
-  for (std::size_t i = 0; i < rows.size() && want_more(items.size(), limit); ++i) {
-    const json j = parse_row(jsonl_path, i + 1, rows[i]);
+  for (std::size_t i = 0; want_more(items.size(), limit) && rows.next(&row); ++i) {
+    const json j = parse_row(jsonl_path, i + 1, row);
     PartialItem item;
     // Each context is sentence[:blank] + option, as lm-eval's doc_to_choice builds it; the shared
     // target is sentence[blank+1:].strip() behind the " " target delimiter.
@@ -334,10 +373,12 @@ std::vector<PartialItem> read_winogrande(const std::string& jsonl_path, long lim
 }
 
 std::vector<LambadaItem> read_lambada(const std::string& jsonl_path, long limit) {
-  const auto rows = split_lines(read_existing(jsonl_path));
+  const std::string file = read_existing(jsonl_path);
+  Lines rows(file);
+  std::string_view row;
   std::vector<LambadaItem> items;
-  for (std::size_t i = 0; i < rows.size() && want_more(items.size(), limit); ++i) {
-    const json j = parse_row(jsonl_path, i + 1, rows[i]);
+  for (std::size_t i = 0; want_more(items.size(), limit) && rows.next(&row); ++i) {
+    const json j = parse_row(jsonl_path, i + 1, row);
     const std::string text = get_string(j, "text", jsonl_path, i + 1);
     // lm-eval: context = " ".join(text.split(" ")[:-1]), target = " " + text.split(" ")[-1];
     // i.e. a cut at the last literal space (no space: empty context).
@@ -364,7 +405,8 @@ bool is_page_heading(const std::string& line) {
 }  // namespace
 
 std::string wikitext_token_text(const std::string& raw, long limit) {
-  std::vector<std::string> rows;
+  std::string out;
+  bool first_row = true;
   long pages = 0;
   bool page_has_text = false;  // the current page counts once it holds a non-blank line
   std::size_t start = 0;
@@ -380,12 +422,10 @@ std::string wikitext_token_text(const std::string& raw, long limit) {
       if (limit > 0 && pages >= limit) break;
     }
     if (!blank) page_has_text = true;
-    rows.push_back(blank ? std::string() : row);
-  }
-  std::string out;
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    if (i) out += "\n\n";
-    out += rows[i];
+    // "\n\n".join(rows), appended as the rows come.
+    if (!first_row) out += "\n\n";
+    first_row = false;
+    if (!blank) out += row;
   }
   return out;
 }

@@ -51,11 +51,17 @@ CalibrationStats CalibrationStats::load(const std::string& path) {
                  get("format"), "'");
   CalibrationStats s;
   auto num = [&](const std::string& k) {
+    const std::string v = get(k);
+    std::size_t used = 0;
+    long long n = -1;
     try {
-      return static_cast<int64_t>(std::stoll(get(k)));
-    } catch (const std::invalid_argument&) {
-      throw InputError(cat("'", path, "': metadata '", k, "' is not an integer"));
+      n = std::stoll(v, &used);
+    } catch (const std::exception&) {  // invalid_argument, out_of_range
+      used = 0;
     }
+    RP_CHECK_INPUT(used == v.size() && n >= 0, "'", path, "': metadata '", k, "' = '", v,
+                   "' is not a non-negative 64-bit integer");
+    return static_cast<int64_t>(n);
   };
   s.tokens = num("tokens"), s.layers = num("layers"), s.heads = num("heads"), s.head_k_dim = num("head_k_dim");
   s.hidden = num("hidden_size");

@@ -1,6 +1,9 @@
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <utility>
 
 #include "common/error.h"
 #include "common/fs.h"
@@ -24,9 +27,14 @@ struct Reader {
     if (!present(key)) return;
     const json& v = j.at(key);
     // HF writes integers; accept floats that are whole numbers (some tools write 2048.0).
-    if (v.is_number_integer()) {
+    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+      throw InputError(cat(src, ": field '", key, "' = ", v.dump(), " is beyond the 64-bit range"));
+    } else if (v.is_number_integer()) {
       *out = v.get<int64_t>();
     } else if (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()) {
+      // Whole floats only within the range where the cast is defined (sizes are capped far lower).
+      RP_CHECK_INPUT(std::fabs(v.get<double>()) < 9.2e18, src, ": field '", key, "' = ", v.dump(),
+                     " is beyond the 64-bit range");
       *out = static_cast<int64_t>(v.get<double>());
     } else {
       throw InputError(cat(src, ": field '", key, "' must be an integer, got ", v.dump()));
@@ -56,7 +64,23 @@ struct Reader {
 };
 
 // Python's int(a * b) for the float products fla uses (IEEE double, truncation toward zero).
+// Callers make sure the product fits (fits_int below); a cast of a larger double is undefined.
 int64_t py_int_mul(double a, double b) { return static_cast<int64_t>(a * b); }
+
+// Sizes a config may declare: far above any real model (2^40 channels), yet small enough that
+// the products of a few of them never leave 64 bits unnoticed (the checked ops below).
+constexpr double kMaxSize = 1099511627776.0;  // 2^40
+bool fits_int(double v) { return std::isfinite(v) && v >= 0 && v <= kMaxSize; }
+
+// a * b and a + b on non-negative counts, saturating at INT64_MAX (which no file can back).
+int64_t sat_mul(int64_t a, int64_t b) {
+  int64_t r;
+  return __builtin_mul_overflow(a, b, &r) ? INT64_MAX : r;
+}
+int64_t sat_add(int64_t a, int64_t b) {
+  int64_t r;
+  return __builtin_add_overflow(a, b, &r) ? INT64_MAX : r;
+}
 
 }  // namespace
 
@@ -157,9 +181,26 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
 void ModelConfig::finalize(const std::string& src) {
   RP_CHECK_INPUT(hidden_act == "swish", src, ": field 'hidden_act' is \"", hidden_act,
                  "\"; rankprune implements fla's SwiGLU MLP (\"swish\")");
+  // Every size is bounded before it is multiplied: a config is read before the tensors that must
+  // back it, and a huge value must fail here, naming the field, not later as an allocation.
+  auto bounded = [&](const char* field, double v) {
+    RP_CHECK_INPUT(fits_int(v), src, ": field '", field, "' gives a size of ", v, ", above the limit of 2^40");
+  };
+  for (const auto& [field, v] : {std::pair<const char*, int64_t>{"hidden_size", hidden_size},
+                                 {"num_hidden_layers", num_hidden_layers},
+                                 {"num_heads", num_heads},
+                                 {"vocab_size", vocab_size},
+                                 {"conv_size", conv_size},
+                                 {"hidden_ratio", hidden_ratio},
+                                 {"intermediate_size", intermediate_size},
+                                 {"head_dim", head_dim},
+                                 {"num_v_heads", num_v_heads}})
+    bounded(field, static_cast<double>(v));
   if (intermediate_size <= 0) {
     // fla/modules/mlp.py: int(hidden * ratio * 2/3) rounded up to a multiple of 256.
-    int64_t is = static_cast<int64_t>(static_cast<double>(hidden_size) * hidden_ratio * 2.0 / 3.0);
+    const double is_f = static_cast<double>(hidden_size) * static_cast<double>(hidden_ratio) * 2.0 / 3.0;
+    bounded("hidden_ratio", is_f);
+    const auto is = static_cast<int64_t>(is_f);
     intermediate_size = 256 * ((is + 256 - 1) / 256);
   }
   if (arch == Arch::DeltaNet) {
@@ -169,6 +210,8 @@ void ModelConfig::finalize(const std::string& src) {
                        qk_activation == "identity",
                    src, ": field 'qk_activation' must be one of silu, relu, elu, identity; got \"", qk_activation,
                    "\"");
+    bounded("expand_k", static_cast<double>(hidden_size) * expand_k);
+    bounded("expand_v", static_cast<double>(hidden_size) * expand_v);
     key_dim = py_int_mul(static_cast<double>(hidden_size), expand_k);
     value_dim = py_int_mul(static_cast<double>(hidden_size), expand_v);
     RP_CHECK_INPUT(key_dim > 0 && key_dim % num_heads == 0, src, ": key_dim = int(hidden_size * expand_k) = ", key_dim,
@@ -182,7 +225,10 @@ void ModelConfig::finalize(const std::string& src) {
   } else {
     n_v_heads = num_v_heads > 0 ? num_v_heads : num_heads;
     head_k_dim = head_dim;
+    bounded("expand_v", static_cast<double>(head_dim) * expand_v);
     head_v_dim = py_int_mul(static_cast<double>(head_dim), expand_v);
+    bounded("head_dim", static_cast<double>(num_heads) * static_cast<double>(head_k_dim));
+    bounded("num_v_heads", static_cast<double>(n_v_heads) * static_cast<double>(head_v_dim));
     key_dim = num_heads * head_k_dim;
     value_dim = n_v_heads * head_v_dim;
     RP_CHECK_INPUT(std::fabs(head_dim * expand_v - static_cast<double>(head_v_dim)) <=
@@ -250,7 +296,7 @@ ModelConfig ModelConfig::load(const std::string& model_dir) {
   json j;
   try {
     j = json::parse(read_file(path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers past double
     throw InputError(cat(path, ": not valid JSON: ", e.what()));
   }
   return from_json(j, path);
@@ -260,22 +306,89 @@ void ModelConfig::save(const std::string& model_dir) const {
   write_file_atomic(path_join(model_dir, "config.json"), to_json().dump(2) + "\n");
 }
 
-int64_t ModelConfig::num_parameters() const {
-  const int64_t D = hidden_size;
-  int64_t attn = 2 * key_dim * D + value_dim * D + D * value_dim;  // q, k, v, o
-  if (use_short_conv) attn += (2 * key_dim + value_dim) * conv_size;
-  attn += head_v_dim;                                                  // o_norm
-  if (use_gate) attn += value_dim * D;                                 // g_proj
-  if (arch == Arch::DeltaNet) {
-    if (use_beta) attn += num_heads * D;
+namespace {
+
+// Parameters of one block (attention, MLP, two norms), saturating at INT64_MAX.
+int64_t layer_parameters(const ModelConfig& c) {
+  const int64_t D = c.hidden_size;
+  const int64_t qk = sat_mul(c.key_dim, D), v = sat_mul(c.value_dim, D);
+  int64_t attn = sat_add(sat_add(sat_mul(2, qk), v), v);  // q, k, v, o
+  if (c.use_short_conv) attn = sat_add(attn, sat_mul(sat_add(sat_mul(2, c.key_dim), c.value_dim), c.conv_size));
+  attn = sat_add(attn, c.head_v_dim);                      // o_norm
+  if (c.use_gate) attn = sat_add(attn, v);                 // g_proj
+  if (c.arch == Arch::DeltaNet) {
+    if (c.use_beta) attn = sat_add(attn, sat_mul(c.num_heads, D));
   } else {
-    attn += 2 * n_v_heads * D + 2 * n_v_heads;  // a_proj, b_proj, A_log, dt_bias
+    attn = sat_add(attn, sat_add(sat_mul(sat_mul(2, c.n_v_heads), D), sat_mul(2, c.n_v_heads)));  // a, b, A_log, dt_bias
   }
-  const int64_t mlp = 3 * intermediate_size * D;
-  const int64_t per_layer = attn + mlp + 2 * D;  // + attn_norm, mlp_norm
-  int64_t total = num_hidden_layers * per_layer + vocab_size * D + D;
-  if (!tie_word_embeddings) total += vocab_size * D;
+  const int64_t mlp = sat_mul(3, sat_mul(c.intermediate_size, D));
+  return sat_add(sat_add(attn, mlp), sat_mul(2, D));  // + attn_norm, mlp_norm
+}
+
+}  // namespace
+
+int64_t ModelConfig::num_parameters() const {
+  const int64_t emb = sat_mul(vocab_size, hidden_size);
+  int64_t total = sat_add(sat_add(sat_mul(num_hidden_layers, layer_parameters(*this)), emb), hidden_size);
+  if (!tie_word_embeddings) total = sat_add(total, emb);
   return total;
+}
+
+int64_t ModelConfig::state_elements_per_layer() const {
+  return sat_mul(sat_mul(n_v_heads, head_k_dim), head_v_dim);
+}
+
+int64_t ModelConfig::tensors_per_layer() const {
+  // attn_norm, q/k/v/o_proj, o_norm, mlp_norm, gate/up/down_proj; then the optional ones.
+  int64_t n = 10;
+  if (arch == Arch::GatedDeltaNet) n += 4;  // a_proj, b_proj, A_log, dt_bias
+  else if (use_beta) n += 1;                // b_proj
+  if (use_short_conv) n += 3;
+  if (use_gate) n += 1;
+  return n;
+}
+
+int64_t ModelConfig::num_tensors() const {
+  // embeddings, final norm, lm_head (unless tied) around the layers.
+  return sat_add(sat_mul(num_hidden_layers, tensors_per_layer()), tie_word_embeddings ? 2 : 3);
+}
+
+void ModelConfig::check_backed_by(const std::string& config_path, const std::string& checkpoint,
+                                  uint64_t n_tensors, uint64_t tensor_bytes) const {
+  // 1 and 2 are coarse on purpose (2x + slack): they stop configs that no file could back
+  // before anything is sized from them, and leave a near miss (a missing tensor, a wrong width)
+  // to LinearLM::load's tensor-by-tensor check, whose message names the tensor.
+  // 1. Tensor count: each layer is a fixed number of tensors, so the layer count is believed only
+  //    as far as the checkpoint holds about that many.
+  const auto have = static_cast<int64_t>(std::min<uint64_t>(n_tensors, INT64_MAX / 4));
+  RP_CHECK_INPUT(num_tensors() <= 2 * have + 64, config_path, ": field 'num_hidden_layers' = ", num_hidden_layers,
+                 " implies ", num_tensors(), " tensors (", tensors_per_layer(), " per layer), but checkpoint '",
+                 checkpoint, "' holds ", n_tensors, " (config.json does not belong to these weights)");
+  // 2. Bytes: every weight has a float dtype of at least 2 bytes (BF16/F16).
+  const int64_t params = num_parameters();
+  const int64_t need = sat_mul(params, 2);
+  const uint64_t room = std::min<uint64_t>(tensor_bytes, UINT64_MAX / 4) * 2 + (uint64_t{1} << 20);
+  RP_CHECK_INPUT(static_cast<uint64_t>(need) <= room, config_path, ": its sizes (hidden_size ", hidden_size,
+                 ", num_hidden_layers ", num_hidden_layers, ", key_dim ", key_dim, ", value_dim ", value_dim,
+                 ", intermediate_size ", intermediate_size, ", vocab_size ", vocab_size, ") imply ",
+                 params == INT64_MAX ? std::string("more than 2^63") : std::to_string(params),
+                 " parameters, at least ", need == INT64_MAX ? std::string("2^63") : std::to_string(need),
+                 " bytes at 2 bytes each, but checkpoint '", checkpoint, "' holds ", tensor_bytes,
+                 " bytes of tensors (config.json does not belong to these weights)");
+  // 3. Working memory sized by the config rather than by a tensor: the recurrent state of a layer
+  //    (Hv x dk x dv) and its calibration Grams (3 x H x dk x dk). Real models keep these far below
+  //    the layer's weights (DeltaNet-1.3B: 0.5% and 1.5%); a config whose head dims imply more
+  //    than kWorkPerWeight times its layer's weights is refused, so no forward or calibration can
+  //    be driven to allocate beyond a small multiple of the file.
+  constexpr int64_t kWorkPerWeight = 4;
+  const int64_t per_layer = layer_parameters(*this);
+  const int64_t state = state_elements_per_layer();
+  const int64_t grams = sat_mul(3, sat_mul(sat_mul(num_heads, head_k_dim), head_k_dim));
+  RP_CHECK_INPUT(state <= sat_mul(kWorkPerWeight, per_layer) && grams <= sat_mul(kWorkPerWeight, per_layer),
+                 config_path, ": head dimensions head_k_dim ", head_k_dim, ", head_v_dim ", head_v_dim,
+                 " with hidden_size ", hidden_size, " imply a per-layer state of ", state, " and statistics of ", grams,
+                 " elements, more than ", kWorkPerWeight, "x the layer's ", per_layer,
+                 " weights (fields 'expand_k', 'expand_v', 'head_dim')");
 }
 
 ModelConfig build_model_config(const ModelShape& s) {

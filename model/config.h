@@ -73,15 +73,26 @@ struct ModelConfig {
   // Recomputes derived sizes from the fields and validates them (called by from_json).
   void finalize(const std::string& source = "config");
 
-  // Parameter count of the model this config describes.
+  // Parameter count of the model this config describes (saturates at INT64_MAX).
   int64_t num_parameters() const;
+  // Tensors of the checkpoint this config describes: per layer, and in all (saturating).
+  int64_t tensors_per_layer() const;
+  int64_t num_tensors() const;
+  // Believes the config only as far as the checkpoint can back it, before anything is sized from
+  // it: the layer count against the checkpoint's tensor count and the parameter count (at >= 2
+  // bytes each) against its tensor bytes, both within 2x (a near miss is left to the
+  // tensor-by-tensor check, which names the tensor), and the config-sized working memory
+  // (recurrent state, Grams) against the layer's weights. InputError naming `config_path`, the
+  // field and the checkpoint.
+  void check_backed_by(const std::string& config_path, const std::string& checkpoint, uint64_t n_tensors,
+                       uint64_t tensor_bytes) const;
   // The config of this model with `k` query/key channels per head (values untouched), written so
   // that fla reloads it: DeltaNet expand_k = H*k / D; Gated DeltaNet head_dim = k and expand_v =
   // old head_v_dim / k (fla derives head_v_dim = int(head_dim * expand_v)).
   ModelConfig with_head_k_dim(int64_t k) const;
 
-  // Recurrent state elements per layer: n_v_heads * head_k_dim * head_v_dim.
-  int64_t state_elements_per_layer() const { return n_v_heads * head_k_dim * head_v_dim; }
+  // Recurrent state elements per layer: n_v_heads * head_k_dim * head_v_dim (saturating).
+  int64_t state_elements_per_layer() const;
 };
 
 // The size options of `rankprune init` / `train`.

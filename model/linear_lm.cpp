@@ -127,6 +127,9 @@ LinearLM LinearLM::load(const std::string& dir) {
   ModelConfig cfg = ModelConfig::load(dir);
   Checkpoint ck = Checkpoint::open(dir);
   const std::string where = ck.path();
+  // Before the config sizes anything (the tensor list below has a row per layer).
+  cfg.check_backed_by(is_directory(dir) ? path_join(dir, "config.json") : dir, where, ck.names().size(),
+                      ck.total_bytes());
   std::set<std::string> used;
   auto get = [&](const std::string& name, const std::vector<int64_t>& shape) {
     RP_CHECK_INPUT(ck.has(name), where, ": tensor '", name, "' is missing (config.json implies shape [",

@@ -282,10 +282,15 @@ torch::Tensor read_npy(const std::string& path) {
   }
 
   const auto options = torch::TensorOptions().dtype(*type);
-  uint64_t nbytes = c10::elementSize(*type);
+  // The element count must fit in int64 even when a zero dimension makes the array empty
+  // ((0, 2^62, 2^62) holds no bytes, but LibTorch refuses such sizes), so the non-zero
+  // dimensions are multiplied on their own.
+  uint64_t nbytes = c10::elementSize(*type), nonzero = 1;
   for (int64_t d : *shape)
-    RP_CHECK_INPUT(!__builtin_mul_overflow(nbytes, static_cast<uint64_t>(d), &nbytes), "npy file '", path,
-                   "': shape is too large");
+    RP_CHECK_INPUT(!__builtin_mul_overflow(nbytes, static_cast<uint64_t>(d), &nbytes) &&
+                       (d == 0 || (!__builtin_mul_overflow(nonzero, static_cast<uint64_t>(d), &nonzero) &&
+                                   nonzero <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))),
+                   "npy file '", path, "': shape has more elements than fit in 64 bits: ", header);
   const uint64_t available = file_size - prefix - hlen;
   RP_CHECK_INPUT(available == nbytes, "npy file '", path, "': shape and dtype '", *descr, "' need ", nbytes,
                  " data bytes but the file holds ", available, available < nbytes ? " (truncated)" : " (trailing bytes)");

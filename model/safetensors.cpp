@@ -28,6 +28,10 @@ namespace {
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 constexpr const char* kMetadataKey = "__metadata__";
+// The safetensors format caps the JSON header at 100 MB (the reference implementation refuses
+// larger ones); parsing a header costs a few tens of bytes per header byte, so the cap also
+// bounds a hostile file's memory.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
 struct DtypeRow {
   StDtype dtype;
@@ -111,11 +115,16 @@ bool get_nonneg_int(const json& v, uint64_t* out) {
   return false;
 }
 
-// A tensor's byte size; false when it does not fit in 64 bits.
+// A tensor's byte size; false when it, or the element count of its non-zero dimensions, does
+// not fit in 64 bits (an empty [0, 2^62, 2^62] holds no bytes, but LibTorch refuses its sizes).
 bool byte_size(const std::vector<int64_t>& shape, std::size_t itemsize, uint64_t* out) {
-  uint64_t n = itemsize;
-  for (int64_t d : shape)
+  uint64_t n = itemsize, nonzero = 1;
+  for (int64_t d : shape) {
     if (__builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return false;
+    if (d != 0 && (__builtin_mul_overflow(nonzero, static_cast<uint64_t>(d), &nonzero) ||
+                   nonzero > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+      return false;
+  }
   *out = n;
   return true;
 }
@@ -278,6 +287,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   RP_CHECK_INPUT(n <= f->size_ - 8, "safetensors file '", path, "': header length ", n,
                  " extends past the end of the file (file is ", f->size_,
                  " bytes; expected 8 + header length <= file size)");
+  RP_CHECK_INPUT(n <= kMaxHeaderBytes, "safetensors file '", path, "': header length ", n,
+                 " exceeds the format's limit of ", kMaxHeaderBytes, " bytes");
   f->data_start_ = 8 + n;
   const uint64_t data_size = f->size_ - f->data_start_;
 

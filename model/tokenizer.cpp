@@ -343,6 +343,12 @@ ModelProto parse_model(std::string_view data, const std::string& path) {
     if (field == 1 && wire == kLengthDelimited) {
       m.pieces.emplace_back();
       parse_piece(r.bytes(), path, &m.pieces.back());
+      // Refused here rather than after the whole list is held: two-byte empty pieces would cost
+      // ~40 bytes each first.
+      if (m.pieces.back().text.empty()) {
+        throw InputError(cat("'", path, "' is not a usable SentencePiece model: piece ", m.pieces.size() - 1,
+                             " is empty"));
+      }
     } else if (field == 2 && wire == kLengthDelimited) {
       parse_trainer_spec(r.bytes(), path, &m.trainer);
     } else if (field == 3 && wire == kLengthDelimited) {

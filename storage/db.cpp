@@ -10,7 +10,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <mutex>
 #include <thread>
 #include <utility>
 
@@ -194,9 +197,57 @@ bool on_network_filesystem(const std::string& path) {
 
 namespace detail {
 
+namespace {
+// The last OS-level failure SQLite logged on this thread ("fdatasync(/x/results.db-wal) -
+// Input/output error"), taken by the next error thrown.
+thread_local std::string t_os_error;
+
+void sqlite_log(void*, int code, const char* message) {
+  const int primary = code & 0xff;
+  if ((primary != SQLITE_IOERR && primary != SQLITE_FULL && primary != SQLITE_CANTOPEN) || !message) return;
+  // os_unix.c writes "os_unix.c:LINE: (ERRNO) CALL(PATH) - STRERROR" (STRERROR is empty with
+  // glibc's strerror_r, so the errno is decoded here). Other messages restate the SQLite error.
+  const std::string m = message;
+  if (m.rfind("os_unix.c:", 0) != 0) return;
+  const std::size_t open = m.find(": (");
+  const std::size_t close = m.find(") ", open == std::string::npos ? 0 : open);
+  const std::size_t dash = m.rfind(" - ");
+  if (open == std::string::npos || close == std::string::npos || dash == std::string::npos || dash < close) return;
+  const int err = std::atoi(m.c_str() + open + 3);
+  t_os_error = cat(m.substr(close + 2, dash - close - 2), " failed: ", err > 0 ? std::strerror(err) : "unknown error");
+}
+}  // namespace
+
+void install_sqlite_log() {
+  static std::once_flag once;
+  // Only possible before SQLite initialises itself, i.e. before the first connection; harmless
+  // (SQLITE_MISUSE, ignored) if another user of the library got there first.
+  std::call_once(once, [] { sqlite3_config(SQLITE_CONFIG_LOG, sqlite_log, nullptr); });
+}
+
+std::string take_sqlite_os_error() {
+  std::string m;
+  m.swap(t_os_error);
+  return m;
+}
+
+void clear_sqlite_os_error() { t_os_error.clear(); }
+
 [[noreturn]] void throw_sqlite(const std::string& path, sqlite3* db, int rc, const std::string& doing) {
-  const std::string msg = cat("results database '", path, "': ", doing, ": ",
-                              db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), " (SQLite code ", rc, ")");
+  std::string msg = cat("results database '", path, "': ", doing, ": ", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc),
+                        " (SQLite code ", rc, ")");
+  // SQLite says "disk I/O error" for every failed read, write or sync; the OS error it saw is the
+  // reason the user needs (no space left, I/O error, quota, file too large): the system call and
+  // file SQLite logged, else the errno it kept.
+  const int primary = rc & 0xff;
+  if (primary == SQLITE_IOERR || primary == SQLITE_FULL || primary == SQLITE_CANTOPEN) {
+    const std::string os_call = take_sqlite_os_error();
+    if (!os_call.empty()) {
+      msg += ": " + os_call;
+    } else if (const int os = db ? sqlite3_system_errno(db) : 0; os != 0) {
+      msg += cat(": ", std::strerror(os));
+    }
+  }
   if (is_environment_error(rc)) throw InputError(msg + hint(rc));
   throw InternalError(msg);
 }
@@ -209,6 +260,8 @@ using detail::Statement;
 // Impl
 
 void Database::Impl::connect(bool read_only) {
+  detail::install_sqlite_log();
+  detail::clear_sqlite_os_error();  // nothing logged earlier belongs to this connection
   const int flags = read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
   const int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
   if (rc != SQLITE_OK) {
@@ -229,15 +282,32 @@ void Database::Impl::connect(bool read_only) {
 // The first read of the file: random bytes fail here (SQLITE_NOTADB); another program's SQLite
 // file has a different application_id and tables; a newer rankprune has a higher user_version.
 std::int64_t Database::Impl::check_identity() {
-  const std::int64_t objects = query_int("SELECT count(*) FROM sqlite_master");
-  const std::int64_t app_id = query_int("PRAGMA application_id");
-  const std::int64_t version = query_int("PRAGMA user_version");
+  std::int64_t objects = 0, app_id = 0, version = 0;
+  try {
+    objects = query_int("SELECT count(*) FROM sqlite_master");
+    app_id = query_int("PRAGMA application_id");
+    version = query_int("PRAGMA user_version");
+  } catch (const InternalError& e) {
+    // Nothing of ours has run yet: any failure here is the file's. A damaged header reads as
+    // SQLITE_ERROR ("unsupported file format"), which elsewhere would mean our SQL is wrong.
+    throw InputError(cat("'", path, "' cannot be read as an SQLite results database (", e.what(),
+                         "); expected a results database written by rankprune, or a new file"));
+  }
   RP_CHECK_INPUT(app_id == kApplicationId || (app_id == 0 && objects == 0), "'", path,
                  "' is an SQLite database but not a rankprune results database (application_id ",
                  app_id, ", ", objects, " schema objects); give a new file or a results database");
   RP_CHECK_INPUT(version <= kSchemaVersion, "results database '", path,
                  "' was written by a newer rankprune: schema version ", version,
                  ", this build reads up to ", kSchemaVersion, "; use a newer rankprune");
+  if (version >= 1) {
+    // A file claiming a schema must have its tables: else every query would fail later with
+    // "no such table", which reads as an error in our SQL.
+    const std::int64_t tables = query_int(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+        "('models', 'calibrations', 'variants', 'runs', 'jobs', 'metrics')");
+    RP_CHECK_INPUT(tables == 6, "results database '", path, "' claims schema version ", version, " but has ", tables,
+                   " of its 6 tables; the file is damaged");
+  }
   return version;
 }
 
@@ -279,7 +349,15 @@ void Database::Impl::migrate(int target) {
     if (m.version > target) break;
     Transaction tx(*this);
     if (query_int("PRAGMA user_version") >= m.version) continue;
-    exec(m.sql, cat("migrating to schema version ", m.version));
+    try {
+      exec(m.sql, cat("migrating to schema version ", m.version));
+    } catch (const InternalError& e) {
+      // The migrations are fixed SQL, tested on new and old files: when SQLite refuses one, the
+      // file is at fault (a damaged header, e.g. a text encoding it cannot change on a file
+      // that claims to be empty).
+      throw InputError(cat("cannot migrate results database '", path, "' to schema version ", m.version, " (",
+                           e.what(), "); the file is damaged or not a rankprune results database"));
+    }
     tx.commit();
   }
   version = static_cast<int>(query_int("PRAGMA user_version"));

@@ -21,6 +21,11 @@ namespace rankprune::storage::detail {
 // An SQLite error as an exception naming the path and SQLite's message: InputError when the file
 // or its surroundings are at fault, InternalError for our SQL or its use.
 [[noreturn]] void throw_sqlite(const std::string& path, sqlite3* db, int rc, const std::string& doing);
+// SQLite's error log (SQLITE_CONFIG_LOG), installed before the first connection: it records the
+// system call, file and strerror of each failed OS operation, which throw_sqlite appends.
+void install_sqlite_log();
+std::string take_sqlite_os_error();  // the last one on this thread, cleared
+void clear_sqlite_os_error();         // before a statement runs: what it logs is its own
 
 // One prepared sqlite3_stmt; bind by 1-based index, step, read 0-based columns.
 class Statement {
@@ -45,6 +50,7 @@ class Statement {
 
   // True while a row is available; false when done. Errors throw (see throw_sqlite).
   bool step() {
+    clear_sqlite_os_error();
     const int rc = sqlite3_step(stmt_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
@@ -137,6 +143,7 @@ struct Database::Impl {
 
   // Runs fixed SQL text (possibly several statements) that returns no rows.
   void exec(const char* sql, const std::string& doing) {
+    detail::clear_sqlite_os_error();
     const int rc = sqlite3_exec(db, sql, nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) fail(rc, doing);
   }

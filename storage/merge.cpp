@@ -103,7 +103,7 @@ int run_rank(const std::string& status) {
 }
 
 // Reads every row of `path` without writing to it (read-only connection, no migration).
-Source read_source(const std::string& path) {
+Source read_source_rows(const std::string& path) {
   Source src;
   src.path = path;
   if (!file_exists(path)) throw InputError(cat("merge source '", path, "' does not exist"));
@@ -184,6 +184,18 @@ Source read_source(const std::string& path) {
   return src;
 }
 
+// A file that passed the identity check (our application_id, a known schema version) but whose
+// tables are not what that version has (missing, other columns) is damaged or forged: SQLite's
+// "no such table" would otherwise read as an error in our SQL.
+Source read_source(const std::string& path) {
+  try {
+    return read_source_rows(path);
+  } catch (const InternalError& e) {
+    throw InputError(cat("merge source '", path, "' claims to be a rankprune results database but its tables do not ",
+                         "match its schema version (", e.what(), "); the file is damaged"));
+  }
+}
+
 // The write half: maps source ids to ids here, row by row, inside the caller's transaction.
 class Merger {
  public:
@@ -202,10 +214,15 @@ class Merger {
     throw InputError(cat("cannot merge '", src_.path, "' into '", db_.path, "': ", what, "; nothing was merged"));
   }
 
-  static std::int64_t mapped(const std::unordered_map<std::int64_t, std::int64_t>& map, std::int64_t id,
-                             const char* table) {
+  // A dangling reference is the source file's fault (SQLite does not enforce foreign keys on a
+  // file written without them, and a damaged file can hold anything): an input error.
+  std::int64_t mapped(const std::unordered_map<std::int64_t, std::int64_t>& map, std::int64_t id,
+                      const char* table) const {
     auto it = map.find(id);
-    RP_ASSERT(it != map.end(), "merge source row refers to ", table, " id ", id, " that it does not have");
+    if (it == map.end())
+      throw InputError(cat("cannot merge '", src_.path, "' into '", db_.path, "': a row of '", src_.path,
+                           "' refers to ", table, " id ", id, ", which it does not have (the file is damaged or "
+                           "was not written by rankprune); nothing was merged"));
     return it->second;
   }
 

@@ -37,7 +37,7 @@ std::vector<std::string> read_documents(const std::string& path, const std::stri
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for numbers past double
       throw InputError(cat(path, ":", lineno, ": not valid JSON: ", e.what()));
     }
     RP_CHECK_INPUT(j.is_object() && j.contains("text") && j["text"].is_string(), path, ":", lineno,

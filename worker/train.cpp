@@ -3,9 +3,11 @@
 #include "worker/calibration.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -272,9 +274,13 @@ std::vector<Param> collect_params(const LinearLM& m, double wd) {
 
 void append_log_line(const std::string& path, const std::string& line) {
   std::ofstream f(path, std::ios::app);
-  RP_CHECK_INPUT(f.good(), "cannot append to '", path, "'");
+  RP_CHECK_INPUT(f.good(), "cannot append to '", path, "': ", std::strerror(errno));
   f << line << "\n";
   f.flush();
+  if (f.good()) f.close();
+  // A failed write (disk full, I/O error, file-size limit) is an error naming the log, not a
+  // silently lost line. errno is that of the failed write(2) (streams leave it alone).
+  RP_CHECK_INPUT(!f.fail(), "writing '", path, "' failed: ", std::strerror(errno));
 }
 
 // Drops log lines past `step` (a resumed run rewrites them); atomic rewrite.
@@ -295,6 +301,11 @@ void truncate_log(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
+// True when `out` holds a complete export of `step`: the model and config of that step, the
+// human-readable state of that step, and the tokenizer copy when the run has one. A fault between
+// the state and the exports leaves one of them old or missing; the re-run rewrites them all.
+bool exports_complete(const std::string& out, int64_t step, bool with_tokenizer);
+
 int64_t exported_step(const std::string& out) {
   const std::string p = path_join(out, "model.safetensors");
   if (!file_exists(p) || !file_exists(path_join(out, "config.json"))) return -1;
@@ -304,6 +315,18 @@ int64_t exported_step(const std::string& out) {
     return it == f->metadata().end() ? -1 : std::stoll(it->second);
   } catch (const std::exception&) {
     return -1;
+  }
+}
+
+bool exports_complete(const std::string& out, int64_t step, bool with_tokenizer) {
+  if (exported_step(out) != step) return false;
+  if (with_tokenizer && !file_exists(path_join(out, "tokenizer.model"))) return false;
+  const std::string human = path_join(out, kStateJson);
+  if (!file_exists(human)) return false;
+  try {
+    return nlohmann::json::parse(read_file(human)).value("step", int64_t{-1}) == step;
+  } catch (const std::exception&) {
+    return false;
   }
 }
 
@@ -326,6 +349,13 @@ TrainResult train(const TrainOptions& o, std::ostream& log) {
   const std::string out = o.out;
   const std::string state_path = path_join(out, kStateFile);
   const bool resume = file_exists(state_path);
+  // A first run that failed before its first checkpoint (a kill, a full disk) leaves at most its
+  // log: nothing to resume, so it starts afresh (the log is rewritten from step 0).
+  if (!resume && is_directory(out) && !fs::is_empty(out)) {
+    bool only_log = true;
+    for (const auto& e : fs::directory_iterator(out)) only_log = only_log && e.path().filename() == kLogFile;
+    if (only_log) fs::remove(path_join(out, kLogFile));
+  }
   if (!resume && is_directory(out) && !fs::is_empty(out))
     throw InputError(cat("--out '", out, "' exists, is not empty and holds no ", kStateFile,
                          " to resume from; choose an empty or new folder"));
@@ -427,7 +457,8 @@ TrainResult train(const TrainOptions& o, std::ostream& log) {
   if (step >= o.steps) {
     res.nothing_to_do = true;
     res.final_step = step;
-    if (exported_step(out) != step) save_all(step, 0.0);  // a kill fell between state and export
+    const bool with_tokenizer = o.tokenizer != "bytes" && o.tokenizer != "byte";
+    if (!exports_complete(out, step, with_tokenizer)) save_all(step, 0.0);  // a kill or fault fell between state and export
     log << "nothing to do: '" << out << "' is already at step " << step << " (--steps " << o.steps << ")\n";
     return res;
   }

@@ -113,7 +113,8 @@ TEST(ReportPlot, LogScaleDecision) {
   EXPECT_FALSE(use_log_scale("word_perplexity", {-1.0, 3.0}));  // not positive: linear
   EXPECT_FALSE(use_log_scale("word_perplexity", {std::nan("")}));
 
-  auto pivots = build_pivots(small_input().results);
+  const auto input = small_input();  // the pivots point into its results: keep it alive
+  auto pivots = build_pivots(input.results);
   ASSERT_EQ(pivots.size(), 2u);
   EXPECT_FALSE(plot_frame(pivots[0]).log_y);  // piqa acc
   EXPECT_TRUE(plot_frame(pivots[1]).log_y);   // wikitext word_perplexity
@@ -219,7 +220,8 @@ TEST(ReportPlot, BaselineOnlyAndSingleRatio) {
 }
 
 TEST(ReportPlot, SeedsShowMeanWithMinMaxBars) {
-  auto pivots = build_pivots(small_input().results);
+  const auto input = small_input();
+  auto pivots = build_pivots(input.results);
   std::string svg = render_plot(pivots[1]).svg;  // wikitext: random seeds 80 and 90
   EXPECT_NE(svg.find("random (2 seeds)"), std::string::npos);
   EXPECT_NE(svg.find("bars: min-max over seeds"), std::string::npos);

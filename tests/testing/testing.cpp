@@ -1,5 +1,6 @@
 #include "tests/testing/testing.h"
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -62,9 +63,12 @@ CommandResult run_rankprune(const std::vector<std::string>& args) {
   return r;
 }
 
-int spawn_process(const std::vector<std::string>& argv, const std::string& log) {
+int spawn_process(const std::vector<std::string>& argv, const std::string& log, const SpawnOptions& opts) {
   const pid_t pid = ::fork();
   if (pid == 0) {
+    for (const auto& [k, v] : opts.env) ::setenv(k.c_str(), v.c_str(), 1);
+    if (!opts.cwd.empty() && ::chdir(opts.cwd.c_str()) != 0) _exit(126);
+    if (opts.kill_after_s > 0) ::alarm(opts.kill_after_s);  // survives execv: SIGALRM ends a hung child
     std::vector<std::string> copy = argv;
     std::vector<char*> args;
     for (auto& a : copy) args.push_back(a.data());
@@ -78,9 +82,11 @@ int spawn_process(const std::vector<std::string>& argv, const std::string& log) 
   return static_cast<int>(pid);
 }
 
-int wait_process(int pid) {
+int wait_process(int pid, struct rusage* usage) {
   int status = 0;
-  if (::waitpid(static_cast<pid_t>(pid), &status, 0) < 0) return -1;
+  struct rusage ru {};
+  if (::wait4(static_cast<pid_t>(pid), &status, 0, &ru) < 0) return -1;
+  if (usage) *usage = ru;
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <initializer_list>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -51,7 +52,15 @@ CommandResult run_rankprune(const std::vector<std::string>& args);
 // Starts `argv` (argv[0] is the program's path) in the background with stdout and stderr going to
 // `log` (or /dev/null when empty); returns its pid. wait_process returns its exit code, or 128 +
 // the signal that ended it.
-int spawn_process(const std::vector<std::string>& argv, const std::string& log = "");
-int wait_process(int pid);
+// Options: variables added to the child's environment, its working directory, and an alarm that
+// kills it after `kill_after_s` seconds (0: none). wait_process can return the child's resource
+// usage (peak RSS in ru_maxrss).
+struct SpawnOptions {
+  std::map<std::string, std::string> env;
+  std::string cwd;
+  unsigned kill_after_s = 0;
+};
+int spawn_process(const std::vector<std::string>& argv, const std::string& log = "", const SpawnOptions& opts = {});
+int wait_process(int pid, struct rusage* usage = nullptr);
 
 }  // namespace rankprune::testing
