@@ -4,9 +4,12 @@
 #include <cstdio>
 #include <cstring>
 #include <set>
+#include <vector>
 
 #include "common/error.h"
 #include "common/fs.h"
+#include "kernels/cpu_clones.h"
+#include "kernels/threads.h"
 
 namespace rankprune {
 
@@ -308,31 +311,51 @@ Rwkv7Model::Rwkv7Model(RwkvFile file, const std::string& source) : file_(std::mo
 namespace {
 
 // One layer's state recurrence over T tokens, per (batch row, head), in place on S.
-// r, w, kk, b (= kk * a), k: [B, T, H, dk]; v, y: [B, T, H, dv]; S: [B, H, dv, dk]. All contiguous.
-// Cost: about 6 flops per state element per token; one pass over S per token.
+// r, w, kk, b (= kk * a), k: [B, T, H, dk]; v, y: [B, T, H, dv]; S: [B, H, dk, dv] (stored key-major,
+// the transpose of the [value, key] state of the facts, so that every inner loop runs over the
+// value index without a horizontal reduction and vectorises). All contiguous.
+// Per token: sa = S^T (-kk); S = diag(w) S + b sa^T + k v^T; y = S^T r. Two passes over S,
+// about 6 flops per element.
+// Work item p = (batch row p / H, head p % H); items [p0, p1) here.
 template <typename F>
-void scan(int64_t B, int64_t T, int64_t H, int64_t dk, int64_t dv, const F* r, const F* w, const F* kk, const F* bb,
-          const F* k, const F* v, F* S, F* y) {
-  for (int64_t bi = 0; bi < B; ++bi)
-    for (int64_t h = 0; h < H; ++h) {
-      F* s = S + (bi * H + h) * dv * dk;
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t ok = ((bi * T + t) * H + h) * dk, ov = ((bi * T + t) * H + h) * dv;
-        const F *rt = r + ok, *wt = w + ok, *kkt = kk + ok, *bt = bb + ok, *kt = k + ok, *vt = v + ov;
+RP_INLINE void scan_impl(int64_t p0, int64_t p1, int64_t T, int64_t H, int64_t dk, int64_t dv, const F* r,
+                         const F* w, const F* kk, const F* bb, const F* k, const F* v, F* S, F* y) {
+  std::vector<F> sa_buf(static_cast<std::size_t>(dv));
+  F* sa = sa_buf.data();
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t bi = p / H, h = p % H;
+    F* s = S + p * dk * dv;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t ok = ((bi * T + t) * H + h) * dk, ov = ((bi * T + t) * H + h) * dv;
+      const F *rt = r + ok, *wt = w + ok, *kkt = kk + ok, *bt = bb + ok, *kt = k + ok, *vt = v + ov;
+      F* yt = y + ov;
+      for (int64_t i = 0; i < dv; ++i) sa[i] = 0, yt[i] = 0;
+      for (int64_t j = 0; j < dk; ++j) {  // sa = (S_old)^T (-kk): the old state in both terms
+        const F c = -kkt[j];
+        const F* row = s + j * dv;
+        for (int64_t i = 0; i < dv; ++i) sa[i] += c * row[i];
+      }
+      for (int64_t j = 0; j < dk; ++j) {
+        const F wj = wt[j], bj = bt[j], kj = kt[j], rj = rt[j];
+        F* row = s + j * dv;
         for (int64_t i = 0; i < dv; ++i) {
-          F* row = s + i * dk;
-          F sa = 0;  // (S_old @ -kk)_i
-          for (int64_t j = 0; j < dk; ++j) sa -= row[j] * kkt[j];
-          F acc = 0;
-          const F vi = vt[i];
-          for (int64_t j = 0; j < dk; ++j) {
-            row[j] = row[j] * wt[j] + sa * bt[j] + vi * kt[j];
-            acc += row[j] * rt[j];
-          }
-          y[ov + i] = acc;
+          row[i] = row[i] * wj + bj * sa[i] + kj * vt[i];
+          yt[i] += rj * row[i];
         }
       }
     }
+  }
+}
+
+RP_CPU_CLONES void scan_f32(int64_t p0, int64_t p1, int64_t T, int64_t H, int64_t dk, int64_t dv, const float* r,
+                            const float* w, const float* kk, const float* bb, const float* k, const float* v, float* S,
+                            float* y) {
+  scan_impl<float>(p0, p1, T, H, dk, dv, r, w, kk, bb, k, v, S, y);
+}
+RP_CPU_CLONES void scan_f64(int64_t p0, int64_t p1, int64_t T, int64_t H, int64_t dk, int64_t dv, const double* r,
+                            const double* w, const double* kk, const double* bb, const double* k, const double* v,
+                            double* S, double* y) {
+  scan_impl<double>(p0, p1, T, H, dk, dv, r, w, kk, bb, k, v, S, y);
 }
 
 }  // namespace
@@ -353,7 +376,7 @@ torch::Tensor Rwkv7Model::forward(const torch::Tensor& ids, Rwkv7State* state, t
     state->layers.resize(static_cast<std::size_t>(cfg_.n_layer));
     for (auto& L : state->layers) {
       L.att_shift = torch::zeros({B, C}, dt), L.ffn_shift = torch::zeros({B, C}, dt);
-      L.s = torch::zeros({B, H, dv, dk}, dt);
+      L.s = torch::zeros({B, H, dk, dv}, dt);
     }
   }
   if (state) RP_CHECK_INPUT(state->layers[0].s.size(0) == B, "rwkv7 forward: the state has ", state->layers[0].s.size(0),
@@ -402,17 +425,21 @@ torch::Tensor Rwkv7Model::forward(const torch::Tensor& ids, Rwkv7State* state, t
     auto w4 = w.view({B, T, H, dk}).contiguous(), kk4 = kk.contiguous();
     auto bb = (kk * a.view({B, T, H, dk})).contiguous();
     auto v4 = v.view({B, T, H, dv}).contiguous();
-    auto S = st ? st->s : torch::zeros({B, H, dv, dk}, xa.options());
-    RP_ASSERT(S.is_contiguous() && S.scalar_type() == dt, "state dtype ", S.scalar_type(), " vs compute ", dt);
+    auto S = st ? st->s : torch::zeros({B, H, dk, dv}, xa.options());
+    RP_CHECK_INPUT(S.is_contiguous() && S.scalar_type() == dt, "rwkv7 forward: the state is ", S.scalar_type(),
+                   "; the compute dtype is ", dt, " (continue a state in the dtype it was made in)");
     auto y = torch::empty({B, T, H, dv}, xa.options());
-    if (dt == torch::kFloat32)
-      scan<float>(B, T, H, dk, dv, r4.data_ptr<float>(), w4.data_ptr<float>(), kk4.data_ptr<float>(),
-                  bb.data_ptr<float>(), k4.data_ptr<float>(), v4.data_ptr<float>(), S.data_ptr<float>(),
-                  y.data_ptr<float>());
-    else
-      scan<double>(B, T, H, dk, dv, r4.data_ptr<double>(), w4.data_ptr<double>(), kk4.data_ptr<double>(),
-                   bb.data_ptr<double>(), k4.data_ptr<double>(), v4.data_ptr<double>(), S.data_ptr<double>(),
-                   y.data_ptr<double>());
+    // (row, head) pairs are independent: split over the kernel threads (results do not depend on it).
+    parallel_ranges(B * H, [&](int64_t p0, int64_t p1) {
+      if (dt == torch::kFloat32)
+        scan_f32(p0, p1, T, H, dk, dv, r4.data_ptr<float>(), w4.data_ptr<float>(), kk4.data_ptr<float>(),
+                 bb.data_ptr<float>(), k4.data_ptr<float>(), v4.data_ptr<float>(), S.data_ptr<float>(),
+                 y.data_ptr<float>());
+      else
+        scan_f64(p0, p1, T, H, dk, dv, r4.data_ptr<double>(), w4.data_ptr<double>(), kk4.data_ptr<double>(),
+                 bb.data_ptr<double>(), k4.data_ptr<double>(), v4.data_ptr<double>(), S.data_ptr<double>(),
+                 y.data_ptr<double>());
+    });
     // Per-head GroupNorm (eps 64e-5), then the bonus (sum_j r_j k_j r_k[h, j]) v.
     auto mean = y.mean(-1, true);
     auto var = (y - mean).pow(2).mean(-1, true);

@@ -12,6 +12,7 @@
 //   v += (v_first - v) sigmoid(v0 + v2 v1 xv) (layers > 0; layer 0's v is v_first)
 //   kk = L2norm_head(k * k_k);  k = k * (1 + (a - 1) k_a)
 //   per head, state S [dv, dk]: S = S diag(w) + (S (-kk)) (kk a)^T + v k^T;  y = S r
+//   (stored transposed, [dk, dv], as DeltaNet's LayerState)
 //   y = GroupNorm_head(y) + (sum_j r_j k_j r_k[h, j]) v;  out = W_o (y * g)
 //   FFN: relu(W_key (x' + xx x_k))^2 through W_value.
 // A key-pruned model keeps dk = K < head size channels of the nine key-side tensors (rows of
@@ -78,7 +79,7 @@ using Rwkv7Observer = std::function<void(int64_t layer, const torch::Tensor& r, 
 struct Rwkv7State {
   struct Layer {
     torch::Tensor att_shift, ffn_shift;  // [B, C] last LayerNorm outputs
-    torch::Tensor s;                     // [B, H, dv, dk]
+    torch::Tensor s;                     // [B, H, dk, dv]: key-major (S^T of the [value, key] state)
   };
   std::vector<Layer> layers;
 };
