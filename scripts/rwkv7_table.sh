@@ -2,7 +2,8 @@
 # Key pruning of the published RWKV-7 834K checkpoint (issue 14, docs/rwkv7.md): drrqr, l1 and
 # random (seed 0) at ratios 0 / 0.25 / 0.5 / 0.75, calibrated on the first CALIB_SEQS x 512 bytes of
 # WikiText-2 validation, evaluated as lm-eval's wikitext task over bytes (bits per byte) on the first
-# documents of WikiText-2 raw test up to MAX_BYTES bytes. Writes docs/results/rwkv7.md.
+# documents of WikiText-2 raw test up to MAX_BYTES bytes; plus one key channel per head (drrqr,
+# random). Writes docs/results/rwkv7.md (about 4 minutes on 2 cores).
 #
 #   bash scripts/rwkv7_table.sh
 #
@@ -43,6 +44,16 @@ for method in drrqr l1 random; do
     echo "$method $ratio ${bpb[$method,$ratio]}"
   done
 done
+# The extreme: one key channel per head (ratio 0.99 -> floor(0.64) -> 1), to show how much the
+# state's key dimension matters to this model at all.
+declare -A k1
+for method in drrqr random; do
+  p="$WORK/$method-k1.bin"
+  "$RP" rwkv7 prune --model "$MODEL" --method "$method" --ratio 0.99 --seed 0 --data-dir "$DATA" \
+    --calib-sequences "$CALIB_SEQS" --seq-len 512 --threads "$THREADS" --out "$p" > /dev/null
+  k1[$method]=$(evaluate "$p" | jq -r .bits_per_byte)
+  echo "$method K=1 ${k1[$method]}"
+done
 elapsed=$(( $(date +%s) - start ))
 
 tmp="$OUT.tmp.$$"
@@ -64,6 +75,8 @@ tmp="$OUT.tmp.$$"
     for ratio in 0 0.25 0.5 0.75; do printf " %.4f |" "${bpb[$method,$ratio]}"; done
     echo
   done
+  echo
+  printf "One key channel per head (ratio 0.99): drrqr %.4f, random %.4f bits per byte.\n" "${k1[drrqr]}" "${k1[random]}"
 } > "$tmp"
 mv "$tmp" "$OUT"
 cat "$OUT"
