@@ -39,6 +39,7 @@ void register_train_commands(std::vector<Command>& out);  // train
 void register_finetune_commands(std::vector<Command>& out);  // finetune
 void register_analyze_commands(std::vector<Command>& out);  // analyze
 void register_db_commands(std::vector<Command>& out);  // db (merge)
+void register_llama2c_commands(std::vector<Command>& out);  // llama2c (info, generate, ppl, compare)
 
 // Shared option groups.
 void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads

@@ -13,6 +13,7 @@
 #include "model/llama2c.h"
 #include "model/tokenizer.h"
 #include "tests/testing/testing.h"
+#include "worker/llama2c_eval.h"
 
 namespace rankprune {
 namespace {
@@ -253,6 +254,39 @@ TEST(Llama2c, HostileHeaderFailsFastWithBoundedMemory) {
   const long growth_mb = (max_rss_kb() - before) / 1024;
   EXPECT_LT(growth_mb, 64) << "ru_maxrss grew " << growth_mb << " MB";
   EXPECT_LT(secs, 2.0) << "100 rejections took " << secs << " s";
+}
+
+// Rolling-window perplexity (worker/llama2c_eval.h) against direct computations: a document within
+// one window is scored by one forward of [BOS] + doc; with windows of 1 token each token is
+// predicted from the previous one alone (at position 0), the first from BOS.
+TEST(Llama2c, PerplexityRollingWindows) {
+  TempDir tmp;
+  const std::string p = tmp.file("small.bin");
+  write_bin(p, kSmall, cfg_of(kSmall).file_floats());
+  const auto m = Llama2cModel::load(p);
+  const std::vector<int> doc = {5, 3, 10, 0, 7, 2, 4, 4};
+  auto logp_at = [&](const std::vector<int64_t>& input) {
+    auto ids = torch::tensor(input, torch::kLong).view({1, static_cast<int64_t>(input.size())});
+    return torch::log_softmax(m.logits(ids, torch::kFloat64)[0], -1);
+  };
+  std::vector<int64_t> full = {1};
+  full.insert(full.end(), doc.begin(), doc.end() - 1);
+  const auto lp = logp_at(full);
+  double direct = 0;
+  for (std::size_t i = 0; i < doc.size(); ++i) direct += lp[static_cast<int64_t>(i)][doc[i]].item<double>();
+  const auto r = llama2c_perplexity(m, {doc}, 8, torch::kFloat64);
+  EXPECT_EQ(r.tokens, 8);
+  EXPECT_EQ(r.windows, 1);
+  EXPECT_NEAR(r.nll, -direct, 1e-9);
+  EXPECT_NEAR(r.perplexity, std::exp(-direct / 8), 1e-9);
+  double bigram = 0;
+  for (std::size_t i = 0; i < doc.size(); ++i)
+    bigram += logp_at({i == 0 ? 1 : doc[i - 1]})[0][doc[i]].item<double>();
+  const auto r1 = llama2c_perplexity(m, {doc, {}}, 1, torch::kFloat64);  // the empty document is skipped
+  EXPECT_EQ(r1.windows, 8);
+  EXPECT_NEAR(r1.nll, -bigram, 1e-9);
+  expect_input_error([&] { llama2c_perplexity(m, {doc}, 0); }, {"window"});
+  expect_input_error([&] { llama2c_perplexity(m, {doc}, 10); }, {"seq_len = 9"});
 }
 
 }  // namespace
