@@ -20,8 +20,8 @@ struct PplResult {
   int64_t windows = 0;    // forward passes
 };
 
-// `max_len` tokens scored per window (<= the model's seq_len - 1 is not needed: a window's input is
-// its context plus continuation minus the last token, at most max_len tokens).
+// Up to `max_len` tokens are scored per window, in [1, seq_len]: a window's input is its context
+// plus continuation minus the last token, at most max_len positions. Empty documents are skipped.
 PplResult llama2c_perplexity(const Llama2cModel& m, const std::vector<std::vector<int>>& docs, int64_t max_len,
                              torch::ScalarType dtype = torch::kFloat32);
 
