@@ -45,6 +45,7 @@ void register_finetune_commands(std::vector<Command>& out);  // finetune
 void register_analyze_commands(std::vector<Command>& out);  // analyze
 void register_db_commands(std::vector<Command>& out);  // db (merge)
 void register_rwkv7_commands(std::vector<Command>& out);  // rwkv7 (info, logits, prune, eval)
+void register_llama2c_commands(std::vector<Command>& out);  // llama2c (info, generate, ppl, compare)
 
 // Shared option groups.
 void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads

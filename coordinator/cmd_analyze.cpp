@@ -8,6 +8,7 @@
 #include "common/fs.h"
 #include "coordinator/cli.h"
 #include "model/linear_lm.h"
+#include "model/llama2c.h"
 #include "model/tokenizer.h"
 #include "worker/analyze.h"
 #include "worker/calibration.h"
@@ -16,9 +17,13 @@ namespace rankprune::cli {
 namespace {
 
 void declare_analyze(po::options_description& d) {
-  d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
-      ("data", po::value<std::vector<std::string>>()->multitoken()->required(),
-       "text files: .txt, .jsonl (field \"text\"), or .npy int32/int64 [N, L]")
+  d.add_options()("model", po::value<std::string>()->required(),
+                  "fla checkpoint folder (or, with --tucker alone, a llama2.c .bin file)")
+      ("data", po::value<std::vector<std::string>>()->multitoken(),
+       "text files: .txt, .jsonl (field \"text\"), or .npy int32/int64 [N, L] (required unless --tucker)")
+      ("tucker", po::bool_switch(),
+       "multilinear singular-value spectra of the attention weights q, k, v, o as [heads, head_dim, hidden] "
+       "(weights only; with --data the state and Gram analysis runs too)")
       ("tokenizer", po::value<std::string>(),
        "SentencePiece .model or 'bytes' for text data (default: tokenizer.model in the model folder)")
       ("seq-len", po::value<int64_t>()->default_value(2048), "tokens per sequence")
@@ -34,8 +39,40 @@ void declare_analyze(po::options_description& d) {
   add_compute_options(d);
 }
 
+void write_json(const po::variables_map& vm, const nlohmann::json& j) {
+  if (!vm.count("out")) return;
+  const std::string out = vm["out"].as<std::string>();
+  write_file_atomic(out, j.dump(1) + "\n");
+  std::cout << "wrote " << out << "\n";
+}
+
+// Weights-only: the Tucker spectra of an fla folder or a llama2.c .bin.
+int run_tucker_only(const po::variables_map& vm, const std::string& model) {
+  TuckerAnalysis t;
+  if (is_directory(model)) {
+    t = tucker_analysis(LinearLM::load(model));
+  } else {
+    if (!file_exists(model)) throw InputError(cat("--model: '", model, "' does not exist"));
+    t = tucker_analysis(Llama2cModel::load(model));
+  }
+  t.model = model;
+  std::cout << "multilinear spectra of the attention weights as " << t.layout
+            << " (entropy rank of each unfolding's squared singular values)\n"
+            << t.table();
+  write_json(vm, {{"model", model}, {"tucker", t.to_json()}});
+  return kExitOk;
+}
+
 int run_analyze(const po::variables_map& vm) {
   const std::string dir = vm["model"].as<std::string>();
+  const bool tucker = vm["tucker"].as<bool>();
+  if (!vm.count("data")) {
+    if (tucker) return run_tucker_only(vm, dir);
+    throw UsageError("--data is required (unless --tucker: the weights-only Tucker spectra)");
+  }
+  if (!is_directory(dir) && file_exists(dir))
+    throw UsageError(cat("--model '", dir, "' is a file: the state analysis needs an fla checkpoint folder "
+                         "(a llama2.c .bin takes --tucker without --data)"));
   const int64_t every = vm["every"].as<int64_t>(), seq_len = vm["seq-len"].as<int64_t>();
   const int64_t sequences = vm["sequences"].as<int64_t>(), batch = vm["batch-size"].as<int64_t>();
   const uint64_t seed = vm["seed"].as<uint64_t>();
@@ -81,13 +118,14 @@ int run_analyze(const po::variables_map& vm) {
             << " tokens; rank cap min(dk, dv) = " << std::min(rep.head_k_dim, rep.head_v_dim)
             << "); Gram spectra over " << rep.gram_tokens << " tokens\n"
             << rep.table();
-  if (vm.count("out")) {
-    const std::string out = vm["out"].as<std::string>();
-    nlohmann::json j = rep.to_json();
-    j["data_sha"] = data.data_sha;
-    write_file_atomic(out, j.dump(1) + "\n");
-    std::cout << "wrote " << out << "\n";
+  nlohmann::json j = rep.to_json();
+  j["data_sha"] = data.data_sha;
+  if (tucker) {
+    TuckerAnalysis t = tucker_analysis(model);
+    std::cout << "multilinear spectra of the attention weights as " << t.layout << "\n" << t.table();
+    j["tucker"] = t.to_json();
   }
+  write_json(vm, j);
   return kExitOk;
 }
 
@@ -96,7 +134,8 @@ int run_analyze(const po::variables_map& vm) {
 void register_analyze_commands(std::vector<Command>& out) {
   out.push_back({"analyze", "rank diagnostics: state stable rank over time, Gram spectrum effective rank",
                  "rankprune analyze --model DIR --data FILE... [--tokenizer T] [--seq-len L] [--sequences N] "
-                 "[--every K] [--seed S] [--stats STATS] [--out F.json]",
+                 "[--every K] [--seed S] [--stats STATS] [--tucker] [--out F.json]\n"
+                 "       rankprune analyze --model DIR|FILE.bin --tucker [--out F.json]",
                  declare_analyze, run_analyze});
 }
 

@@ -34,6 +34,7 @@ int dispatch(int argc, char** argv) {
   register_analyze_commands(cmds);
   register_db_commands(cmds);
   register_rwkv7_commands(cmds);
+  register_llama2c_commands(cmds);
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
       std::string(argv[1]) == "help") {
     print_overview(cmds, std::cout);

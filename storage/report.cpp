@@ -636,6 +636,72 @@ std::string analysis_table_html(const Analysis& a) {
   return h + "</tbody></table></div>\n";
 }
 
+void parse_tucker(const nlohmann::json& t, const std::string& source, Analysis* a) {
+  if (!t.is_object()) bad_field(source, "tucker", "must be an object, got " + type_name(t));
+  a->tucker_layout = opt_string(t, "layout", source);
+  auto lit = t.find("layers");
+  if (lit == t.end()) bad_field(source, "tucker.layers", "is missing");
+  if (!lit->is_array()) bad_field(source, "tucker.layers", "must be an array, got " + type_name(*lit));
+  for (std::size_t li = 0; li < lit->size(); ++li) {
+    const auto& lj = (*lit)[li];
+    const std::string lpath = cat("tucker.layers[", li, "]");
+    if (!lj.is_object()) bad_field(source, lpath, "must be an object, got " + type_name(lj));
+    const auto layer = opt_integer(lj, "layer", source, lpath + ".").value_or(static_cast<std::int64_t>(li));
+    auto pit = lj.find("projections");
+    if (pit == lj.end()) bad_field(source, lpath + ".projections", "is missing");
+    if (!pit->is_array()) bad_field(source, lpath + ".projections", "must be an array, got " + type_name(*pit));
+    for (std::size_t pi = 0; pi < pit->size(); ++pi) {
+      const auto& pj = (*pit)[pi];
+      const std::string ppath = cat(lpath, ".projections[", pi, "]");
+      if (!pj.is_object()) bad_field(source, ppath, "must be an object, got " + type_name(pj));
+      TuckerRow r;
+      r.layer = layer;
+      auto nit = pj.find("name");
+      if (nit == pj.end() || !nit->is_string()) bad_field(source, ppath + ".name", "must be a string");
+      r.name = nit->get<std::string>();
+      if (auto shape = opt_series(pj, "shape", source, ppath + ".", false))
+        for (double d : *shape) r.shape.push_back(static_cast<std::int64_t>(d));
+      if (auto er = opt_series(pj, "entropy_rank", source, ppath + ".", true)) {
+        if (er->size() != 3) bad_field(source, ppath + ".entropy_rank", cat("must have 3 entries, got ", er->size()));
+        for (int n = 0; n < 3; ++n)
+          if (std::isfinite((*er)[static_cast<std::size_t>(n)])) r.entropy_rank[static_cast<std::size_t>(n)] = (*er)[static_cast<std::size_t>(n)];
+      }
+      if (auto sit = pj.find("singular_values"); sit != pj.end() && !sit->is_null()) {
+        if (!sit->is_array() || sit->size() != 3)
+          bad_field(source, ppath + ".singular_values", "must be an array of 3 arrays (one per mode)");
+        for (std::size_t n = 0; n < 3; ++n) {
+          const auto& m = (*sit)[n];
+          if (!m.is_array()) bad_field(source, cat(ppath, ".singular_values[", n, "]"), "must be an array of numbers");
+          for (std::size_t i = 0; i < m.size(); ++i)
+            if (!m[i].is_number()) bad_field(source, cat(ppath, ".singular_values[", n, "][", i, "]"), "must be a number");
+          if (!m.empty()) r.sigma1[n] = m[0].get<double>();
+        }
+      }
+      a->tucker.push_back(std::move(r));
+    }
+  }
+}
+
+std::string tucker_table_html(const Analysis& a) {
+  std::string h = "<p class=\"meta\">Multilinear spectra of the attention weights, each projection as a tensor " +
+                  html_escape(a.tucker_layout.value_or("[heads, head_dim, hidden]")) +
+                  ": entropy effective rank of each unfolding's squared singular values, and its largest "
+                  "singular value.</p>\n<div class=\"tablewrap\"><table class=\"analysis\"><thead><tr>"
+                  "<th class=\"num\">layer</th><th>proj</th><th>shape</th><th class=\"num\">entropy rank heads</th>"
+                  "<th class=\"num\">entropy rank head_dim</th><th class=\"num\">entropy rank hidden</th>"
+                  "<th class=\"num\">&sigma;<sub>1</sub> heads</th><th class=\"num\">&sigma;<sub>1</sub> head_dim</th>"
+                  "<th class=\"num\">&sigma;<sub>1</sub> hidden</th></tr></thead><tbody>";
+  for (const auto& r : a.tucker) {
+    std::string shape;
+    for (std::size_t i = 0; i < r.shape.size(); ++i) shape += cat(i ? "&times;" : "", r.shape[i]);
+    h += cat("<tr><td class=\"num\">", r.layer, "</td><td>", html_escape(r.name), "</td><td>", shape, "</td>");
+    for (const auto& v : r.entropy_rank) h += "<td class=\"num\">" + fixed3(v) + "</td>";
+    for (const auto& v : r.sigma1) h += "<td class=\"num\">" + fixed3(v) + "</td>";
+    h += "</tr>";
+  }
+  return h + "</tbody></table></div>\n";
+}
+
 }  // namespace
 
 std::string head_color(std::size_t i) {
@@ -658,7 +724,9 @@ Analysis parse_analysis(const nlohmann::json& j, const std::string& source) {
   a.gram_tokens = opt_number(j, "gram_tokens", source, "", nullptr);
   a.data_sha = opt_string(j, "data_sha", source);
 
+  if (auto tit = j.find("tucker"); tit != j.end() && !tit->is_null()) parse_tucker(*tit, source, &a);
   auto lit = j.find("layers");
+  if (lit == j.end() && !a.tucker.empty()) return a;  // weights-only `analyze --tucker`
   if (lit == j.end()) bad_field(source, "layers", "is missing (not a `rankprune analyze` JSON?)");
   if (!lit->is_array()) bad_field(source, "layers", "must be an array, got " + type_name(*lit));
   std::map<std::string, int> missing;  // field -> heads without it
@@ -805,7 +873,7 @@ std::string analyses_html(const std::vector<Analysis>& as) {
          " <span class=\"footnote\">" + html_escape(a.source) + "</span></h3>\n";
     std::string meta = analysis_meta(a);
     if (!meta.empty()) h += "<p class=\"meta\">" + html_escape(meta) + "</p>\n";
-    h += "<div class=\"plots\">\n";
+    if (!a.layers.empty()) h += "<div class=\"plots\">\n";
     for (const auto& l : a.layers) {
       PlotSvg plot = render_rank_plot(a, l);
       h += cat("<figure>\n<figcaption>layer ", l.layer,
@@ -814,8 +882,11 @@ std::string analyses_html(const std::vector<Analysis>& as) {
       for (const auto& n : plot.notes) h += "<p class=\"note\">" + html_escape(n) + "</p>\n";
       h += "</figure>\n";
     }
-    h += "</div>\n";
-    h += analysis_table_html(a);
+    if (!a.layers.empty()) {
+      h += "</div>\n";
+      h += analysis_table_html(a);
+    }
+    if (!a.tucker.empty()) h += tucker_table_html(a);
     for (const auto& n : a.notes) h += "<p class=\"note\">" + html_escape(n) + "</p>\n";
   }
   return h + "</section>\n";

@@ -4,6 +4,7 @@
 // JSON files (docs/analyze.md), a rank diagnostics section. Torch-free, SQL-free.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -97,17 +98,29 @@ struct AnalysisLayer {
   std::int64_t layer = 0;
   std::vector<AnalysisHead> heads;
 };
+// One projection of one layer from the optional "tucker" object (`analyze --tucker`).
+struct TuckerRow {
+  std::int64_t layer = 0;
+  std::string name;                                   // q, k, v, o
+  std::vector<std::int64_t> shape;                    // [heads, head_dim, hidden]
+  std::array<std::optional<double>, 3> entropy_rank;  // per mode
+  std::array<std::optional<double>, 3> sigma1;        // largest singular value per mode
+};
 struct Analysis {
   std::string source;                 // file name (or "analysis #i")
   std::optional<std::string> model;   // "model"
   std::optional<double> seq_len, every, rank_cap, head_k_dim, head_v_dim, gram_tokens;
   std::optional<std::string> data_sha;
   std::vector<AnalysisLayer> layers;
+  std::optional<std::string> tucker_layout;  // "tucker.layout"
+  std::vector<TuckerRow> tucker;             // "tucker.layers[].projections[]"
   std::vector<std::string> notes;     // missing fields, shown under the table
 };
 
 // Validates and reads one analyze JSON. Required: an object with a "layers" array of objects,
-// each with a "heads" array of objects. Everything else may be missing (noted), but a present
+// each with a "heads" array of objects, or (a weights-only `analyze --tucker`) a "tucker" object
+// with a "layers" array of {"layer", "projections": [{"name", "shape", "entropy_rank",
+// "singular_values"}]}. Everything else may be missing (noted), but a present
 // field of the wrong type, a series with non-numeric entries, or "tokens" and "utilisation" of
 // different lengths throw InputError("<source>: field '<path>' ...").
 Analysis parse_analysis(const nlohmann::json& j, const std::string& source);

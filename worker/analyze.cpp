@@ -10,6 +10,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "prune/tucker.h"
 
 namespace rankprune {
 
@@ -209,6 +210,80 @@ std::string AnalysisReport::table() const {
       std::snprintf(buf, sizeof buf, "%5zu %4lld  %9.3f %8.3f %9.3f  %9.3f %9.3f  %9.3f\n", l,
                     static_cast<long long>(d.head), d.stable_rank_final, d.utilisation_final, d.stable_rank_mean,
                     d.gram.entropy_rank, d.gram.top_half_mass, d.keys.entropy_rank);
+      out += buf;
+    }
+  return out;
+}
+
+// ------------------------------------------------------------------------------ Tucker spectra
+
+TuckerProjection tucker_projection(const std::string& name, const torch::Tensor& x) {
+  TuckerProjection p;
+  p.name = name;
+  for (int n = 0; n < 3; ++n) {
+    p.shape[static_cast<std::size_t>(n)] = x.size(n);
+    auto s = mode_singular_values(x, n);
+    std::vector<double> s2(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) s2[i] = s[i] * s[i];
+    p.entropy_rank[static_cast<std::size_t>(n)] = entropy_effective_rank(s2);
+    p.singular_values[static_cast<std::size_t>(n)] = std::move(s);
+  }
+  return p;
+}
+
+TuckerAnalysis tucker_analysis(const LinearLM& model) {
+  const auto& c = model.config();
+  TuckerAnalysis a;
+  for (const auto& L : model.weights().layers) {
+    RP_CHECK_INPUT(L.q_proj.defined() && L.k_proj.defined() && L.v_proj.defined() && L.o_proj.defined(),
+                   "Tucker analysis needs q_proj, k_proj, v_proj and o_proj in every layer");
+    a.layers.push_back({tucker_projection("q", attention_tensor(L.q_proj, c.num_heads, false)),
+                        tucker_projection("k", attention_tensor(L.k_proj, c.num_heads, false)),
+                        tucker_projection("v", attention_tensor(L.v_proj, c.n_v_heads, false)),
+                        tucker_projection("o", attention_tensor(L.o_proj, c.n_v_heads, true))});
+  }
+  return a;
+}
+
+TuckerAnalysis tucker_analysis(const Llama2cModel& model) {
+  const int64_t H = model.config().n_heads;
+  TuckerAnalysis a;
+  for (const auto& L : model.weights().layers)
+    a.layers.push_back({tucker_projection("q", attention_tensor(L.wq, H, false)),
+                        tucker_projection("k", attention_tensor(L.wk, L.n_kv_heads, false)),
+                        tucker_projection("v", attention_tensor(L.wv, L.n_kv_heads, false)),
+                        tucker_projection("o", attention_tensor(L.wo, H, true))});
+  return a;
+}
+
+nlohmann::json TuckerAnalysis::to_json() const {
+  nlohmann::json layers_j = nlohmann::json::array();
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    nlohmann::json ps = nlohmann::json::array();
+    for (const auto& p : layers[l])
+      ps.push_back({{"name", p.name},
+                    {"shape", p.shape},
+                    {"singular_values", {p.singular_values[0], p.singular_values[1], p.singular_values[2]}},
+                    {"entropy_rank", p.entropy_rank}});
+    layers_j.push_back({{"layer", static_cast<int64_t>(l)}, {"projections", std::move(ps)}});
+  }
+  return {{"layout", layout}, {"layers", std::move(layers_j)}};
+}
+
+std::string TuckerAnalysis::table() const {
+  std::string out;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%5s %4s  %-12s  %9s %9s %9s  %s\n", "layer", "proj", "shape", "erank(h)",
+                "erank(d)", "erank(D)", "sigma_1 per mode");
+  out += buf;
+  for (std::size_t l = 0; l < layers.size(); ++l)
+    for (const auto& p : layers[l]) {
+      const std::string shape = cat(p.shape[0], "x", p.shape[1], "x", p.shape[2]);
+      std::snprintf(buf, sizeof buf, "%5zu %4s  %-12s  %9.3f %9.3f %9.3f  %.3f %.3f %.3f\n", l, p.name.c_str(),
+                    shape.c_str(), p.entropy_rank[0], p.entropy_rank[1], p.entropy_rank[2],
+                    p.singular_values[0].empty() ? 0.0 : p.singular_values[0][0],
+                    p.singular_values[1].empty() ? 0.0 : p.singular_values[1][0],
+                    p.singular_values[2].empty() ? 0.0 : p.singular_values[2][0]);
       out += buf;
     }
   return out;

@@ -10,6 +10,7 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -18,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/linear_lm.h"
+#include "model/llama2c.h"
 #include "worker/calibration.h"
 
 namespace rankprune {
@@ -92,5 +94,29 @@ struct AnalysisReport {
 // model's shape).
 AnalysisReport analyze_model(const LinearLM& model, const torch::Tensor& sequence, int64_t every,
                              const CalibrationStats& stats, const ForwardOptions& opts);
+
+// ------------------------------------------------------------------------------ Tucker spectra
+
+// Multilinear singular-value spectra of the attention weights (`analyze --tucker`): each of q, k,
+// v, o of a layer as a tensor [heads, head_dim, hidden] (prune/tucker.h; k and v by their own head
+// count: KV groups under GQA, value heads under GVA; o = W_o^T), the singular values of its three
+// unfoldings, and per mode the entropy effective rank of the squared singular values (the
+// eigenvalues of the unfolding's Gram, as the Gram spectra above).
+struct TuckerProjection {
+  std::string name;                            // q, k, v, o
+  std::array<int64_t, 3> shape{};              // [heads, head_dim, hidden]
+  std::array<std::vector<double>, 3> singular_values;  // per mode, descending
+  std::array<double, 3> entropy_rank{};        // per mode
+};
+struct TuckerAnalysis {
+  std::string model;
+  std::string layout = "[heads, head_dim, hidden]";
+  std::vector<std::vector<TuckerProjection>> layers;  // [layer][q, k, v, o]
+  nlohmann::json to_json() const;                     // the "tucker" object of docs/analyze.md
+  std::string table() const;                          // one line per (layer, projection)
+};
+TuckerProjection tucker_projection(const std::string& name, const torch::Tensor& tensor3);
+TuckerAnalysis tucker_analysis(const LinearLM& model);    // q_proj, k_proj, v_proj, o_proj
+TuckerAnalysis tucker_analysis(const Llama2cModel& model);  // wq, wk, wv, wo
 
 }  // namespace rankprune

@@ -417,6 +417,41 @@ TEST(ReportAnalysis, MalformedJsonNamesFileAndField) {
   EXPECT_EQ(error_of(nlohmann::json::array()), "an.json: an analyze JSON must be an object, got array");
 }
 
+nlohmann::json tucker_only() {
+  return {{"model", "stories260K.bin"},
+          {"tucker",
+           {{"layout", "[heads, head_dim, hidden]"},
+            {"layers",
+             {{{"layer", 0},
+               {"projections",
+                {{{"name", "q"}, {"shape", {8, 8, 64}}, {"entropy_rank", {7.5, 6.25, 30.125}},
+                  {"singular_values", {{3.0, 2.0}, {4.0, 1.0}, {5.5, 0.5}}}},
+                 {{"name", "k"}, {"shape", {4, 8, 64}}, {"entropy_rank", {3.5, 7.0, 20.0}},
+                  {"singular_values", {{1.0}, {2.0}, {3.0}}}}}}}}}}}};
+}
+
+TEST(ReportAnalysis, TuckerSpectraTable) {
+  ReportInput in;
+  in.title = "t";
+  in.analyses = {tucker_only()};
+  in.analysis_files = {"tk.json"};
+  const std::string h = render_report_html(in);
+  EXPECT_NE(h.find("Multilinear spectra"), std::string::npos);
+  EXPECT_NE(h.find("30.125"), std::string::npos);
+  EXPECT_NE(h.find("8&times;8&times;64"), std::string::npos);
+  EXPECT_NE(h.find("5.500"), std::string::npos);  // sigma_1 of the hidden mode
+  EXPECT_EQ(h.find("<svg"), std::string::npos);   // no state series: no plots
+  auto j = tucker_only();
+  j["tucker"]["layers"][0]["projections"][1]["entropy_rank"] = {1.0, 2.0};
+  EXPECT_EQ(error_of(j), "an.json: field 'tucker.layers[0].projections[1].entropy_rank' must have 3 entries, got 2");
+  j = tucker_only();
+  j["tucker"]["layers"][0]["projections"][0]["singular_values"][2][1] = "x";
+  EXPECT_EQ(error_of(j), "an.json: field 'tucker.layers[0].projections[0].singular_values[2][1]' must be a number");
+  j = tucker_only();
+  j["tucker"] = 3;
+  EXPECT_EQ(error_of(j), "an.json: field 'tucker' must be an object, got number");
+}
+
 TEST(ReportAnalysis, SectionSitsBetweenTablesAndJobs) {
   ReportInput in = small_input();
   in.analyses = {small_analysis(), small_analysis("other")};

@@ -336,5 +336,82 @@ TEST_F(AnalyzeCli, BadInputIsAClearError) {
   EXPECT_FALSE(file_exists(out));
 }
 
+// ------------------------------------------------------------------------------ Tucker spectra
+
+TEST(TuckerSpectra, RankOneTensorHasEntropyRankOneInEveryMode) {
+  auto a = torch::tensor({1.0, -2.0}), b = torch::tensor({3.0, 1.0, 4.0}), c = torch::tensor({1.0, 0.5, 2.0, 1.0});
+  const auto p = tucker_projection("q", a.view({2, 1, 1}) * b.view({1, 3, 1}) * c.view({1, 1, 4}));
+  EXPECT_EQ(p.shape, (std::array<int64_t, 3>{2, 3, 4}));
+  for (int n = 0; n < 3; ++n) EXPECT_NEAR(p.entropy_rank[static_cast<std::size_t>(n)], 1.0, 1e-9) << n;
+  // A tensor whose mode-1 slices are orthogonal and equal in norm: entropy rank 2 along the heads.
+  auto x = torch::zeros({2, 2, 2}, torch::kFloat64);
+  x[0][0][0] = 1.0;
+  x[1][1][1] = 1.0;
+  const auto q = tucker_projection("k", x);
+  for (int n = 0; n < 3; ++n) EXPECT_NEAR(q.entropy_rank[static_cast<std::size_t>(n)], 2.0, 1e-9) << n;
+}
+
+TEST(TuckerSpectra, FixtureProjectionsAsHeadTensors) {
+  for (const char* name : {"delta_net", "gated_deltanet"}) {
+    SCOPED_TRACE(name);
+    const LinearLM m = LinearLM::load(path_join(RANKPRUNE_SOURCE_DIR, std::string("fixtures/") + name));
+    const auto& c = m.config();
+    const TuckerAnalysis t = tucker_analysis(m);
+    ASSERT_EQ(static_cast<int64_t>(t.layers.size()), c.num_hidden_layers);
+    for (const auto& layer : t.layers) {
+      ASSERT_EQ(layer.size(), 4u);
+      const std::array<std::array<int64_t, 3>, 4> want = {{{c.num_heads, c.head_k_dim, c.hidden_size},
+                                                           {c.num_heads, c.head_k_dim, c.hidden_size},
+                                                           {c.n_v_heads, c.head_v_dim, c.hidden_size},
+                                                           {c.n_v_heads, c.head_v_dim, c.hidden_size}}};
+      for (std::size_t p = 0; p < 4; ++p) {
+        EXPECT_EQ(layer[p].shape, want[p]) << layer[p].name;
+        for (std::size_t n = 0; n < 3; ++n) {
+          const int64_t cap = std::min(want[p][n], want[p][0] * want[p][1] * want[p][2] / want[p][n]);
+          EXPECT_EQ(static_cast<int64_t>(layer[p].singular_values[n].size()), cap);
+          EXPECT_GE(layer[p].entropy_rank[n], 1.0);
+          EXPECT_LE(layer[p].entropy_rank[n], static_cast<double>(cap) + 1e-9);
+        }
+      }
+    }
+    const auto j = t.to_json();
+    EXPECT_EQ(j["layers"][0]["projections"][3]["name"].get<std::string>(), "o");
+    EXPECT_NE(t.table().find("erank(h)"), std::string::npos);
+  }
+}
+
+TEST_F(AnalyzeCli, TuckerWeightsOnlyForLlama2cAndFla) {
+  const auto out = tmp_.file("t.json");
+  const std::string bin = path_join(testing::data_dir(), "models/stories260K/stories260K.bin");
+  auto r = testing::run_rankprune({"analyze", "--model", bin, "--tucker", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  auto j = nlohmann::json::parse(read_file(out));
+  ASSERT_EQ(j["tucker"]["layers"].size(), 5u);
+  const auto& k = j["tucker"]["layers"][2]["projections"][1];
+  EXPECT_EQ(k["name"].get<std::string>(), "k");
+  EXPECT_EQ(k["shape"].get<std::vector<int64_t>>(), (std::vector<int64_t>{4, 8, 64}));  // GQA: 4 KV groups
+  EXPECT_EQ(k["singular_values"][0].size(), 4u);
+  EXPECT_EQ(k["singular_values"][2].size(), 32u);  // min(64, 4 * 8)
+  EXPECT_EQ(j["tucker"]["layers"][0]["projections"][3]["shape"].get<std::vector<int64_t>>(),
+            (std::vector<int64_t>{8, 8, 64}));
+  EXPECT_FALSE(j.contains("layers"));
+  // An fla folder, weights only, and together with the state analysis.
+  r = testing::run_rankprune({"analyze", "--model", model_, "--tucker", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(read_file(out))["tucker"]["layers"].size(), 2u);
+  r = testing::run_rankprune({"analyze", "--model", model_, "--tucker", "--data", text_, "--tokenizer", "bytes",
+                              "--seq-len", "64", "--sequences", "2", "--every", "32", "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  j = nlohmann::json::parse(read_file(out));
+  EXPECT_EQ(j["layers"].size(), 2u);
+  EXPECT_EQ(j["tucker"]["layers"].size(), 2u);
+  // A .bin with --data: the state analysis needs an fla folder.
+  r = testing::run_rankprune({"analyze", "--model", bin, "--data", text_, "--tucker"});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  r = testing::run_rankprune({"analyze", "--model", tmp_.file("nope.bin"), "--tucker"});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("nope.bin"), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace rankprune
