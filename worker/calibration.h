@@ -67,8 +67,9 @@ CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& 
 // the other statistics, so theirs are the same bits with or without taylor. The block gradients
 // are added as float64 along the same fixed block tree as the other statistics: the same bits on
 // any number of ranks. Collective like collect_statistics; sets stats.taylor_grad_{q,k}.
-// Cost: about three forwards per block (forward + backward) and 2 * L * H*dk * D doubles per
-// partial sum.
+// Cost: a forward and backward per block through the torch ops (8x the other statistics' pass on
+// the DeltaNet fixture, docs/pruning.md; memory ~ 3 x the [B, T-1, V] logits) and 2 * L * H*dk * D
+// doubles per partial sum.
 void collect_taylor(CalibrationStats& stats, const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
                     const ForwardOptions& opts, cluster::Communicator& comm,
                     cluster::BlockReduceReport* report = nullptr);
