@@ -34,7 +34,7 @@ void add_data_options(po::options_description& d) {
 // same bits on any number of ranks); only rank 0 reports.
 CalibrationStats calibrate_from_options(const po::variables_map& vm, const std::string& model_dir,
                                         const LinearLM& model, const ForwardOptions& fo, uint64_t seed,
-                                        cluster::Communicator& comm) {
+                                        cluster::Communicator& comm, bool taylor) {
   if (!vm.count("data")) throw UsageError("--data is required (or --stats with prune)");
   const auto files = vm["data"].as<std::vector<std::string>>();
   std::string tok_path;
@@ -52,8 +52,9 @@ CalibrationStats calibrate_from_options(const po::variables_map& vm, const std::
   if (comm.rank() == 0)
     std::cerr << "calibrate: " << data.ids.size(0) << " sequences x " << data.ids.size(1) << " tokens (of "
               << data.available << " available)"
-              << (comm.size() > 1 ? cat(" over ", comm.size(), " ranks") : std::string()) << "\n";
-  CalibrationStats s = collect_statistics(model, data.ids, batch, fo, comm);
+              << (comm.size() > 1 ? cat(" over ", comm.size(), " ranks") : std::string())
+              << (taylor ? ", with taylor gradients (a backward pass per block)" : "") << "\n";
+  CalibrationStats s = collect_statistics(model, data.ids, batch, fo, comm, nullptr, taylor);
   s.meta["data_sha"] = data.data_sha;
   s.meta["seq_len"] = std::to_string(data.ids.size(1));
   s.meta["sequences"] = std::to_string(data.ids.size(0));
@@ -66,7 +67,9 @@ CalibrationStats calibrate_from_options(const po::variables_map& vm, const std::
 void declare_calibrate(po::options_description& d) {
   d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
       ("out", po::value<std::string>()->required(), "output statistics file (.safetensors)")
-      ("seed", po::value<uint64_t>()->default_value(0), "seed for choosing the calibration sequences");
+      ("seed", po::value<uint64_t>()->default_value(0), "seed for choosing the calibration sequences")
+      ("taylor", po::bool_switch(),
+       "also accumulate the taylor method's gradients dL/dW_q, dL/dW_k (one backward pass per block)");
   add_data_options(d);
   add_compute_options(d);
   add_cluster_options(d);
@@ -83,12 +86,14 @@ int calibrate_on(const po::variables_map& vm, cluster::Communicator& comm) {
   const std::string dir = vm["model"].as<std::string>();
   ForwardOptions fo = forward_options_from(vm);
   LinearLM model = LinearLM::load(dir);
-  CalibrationStats s = calibrate_from_options(vm, dir, model, fo, vm["seed"].as<uint64_t>(), comm);
+  CalibrationStats s =
+      calibrate_from_options(vm, dir, model, fo, vm["seed"].as<uint64_t>(), comm, vm["taylor"].as<bool>());
   if (comm.rank() != 0) return kExitOk;  // rank 0 writes the file
   s.meta["model_sha"] = model_sha(dir);
   s.save(vm["out"].as<std::string>());
   std::cout << "wrote statistics of " << s.tokens << " tokens (" << s.layers << " layers x " << s.heads
-            << " heads, dk " << s.head_k_dim << ") to " << vm["out"].as<std::string>() << "\n";
+            << " heads, dk " << s.head_k_dim << (s.has_taylor() ? ", with taylor gradients" : "") << ") to "
+            << vm["out"].as<std::string>() << "\n";
   return kExitOk;
 }
 
@@ -97,7 +102,7 @@ int calibrate_on(const po::variables_map& vm, cluster::Communicator& comm) {
 void declare_prune(po::options_description& d) {
   d.add_options()("model", po::value<std::string>()->required(), "fla checkpoint folder")
       ("stats", po::value<std::string>(), "statistics from `rankprune calibrate` (else calibrate from --data)")
-      ("method", po::value<std::string>()->required(), "drrqr, qrcp, l1, wanda, random or pca")
+      ("method", po::value<std::string>()->required(), "drrqr, qrcp, l1, wanda, random, pca or taylor")
       ("pca-include-queries", po::bool_switch(), "pca: pool query and key statistics (default: keys only)")
       ("ratio", po::value<double>()->required(), "fraction of query/key channels removed, in [0, 1)")
       ("seed", po::value<uint64_t>()->default_value(0), "seed (random method; calibration sampling)")
@@ -125,10 +130,13 @@ int run_prune(const po::variables_map& vm) {
     const std::string sp_path = vm["stats"].as<std::string>();
     stats = CalibrationStats::load(sp_path);
     stats.check_matches(model.config(), model_sha(dir), sp_path);
+    RP_CHECK_INPUT(!method_needs_taylor(method) || stats.has_taylor(), "--stats '", sp_path,
+                   "' has no taylor gradient sums (method taylor needs them): recompute it with `rankprune "
+                   "calibrate --taylor`, or give --data instead of --stats");
     sp = &stats;
   } else if (method_needs_statistics(method)) {
     auto local = cluster::make_local();  // prune is one process; `calibrate` or `sweep` shard over ranks
-    stats = calibrate_from_options(vm, dir, model, fo, seed, *local);
+    stats = calibrate_from_options(vm, dir, model, fo, seed, *local, method_needs_taylor(method));
     sp = &stats;
   }
   Selection sel = select_channels(model, sp, method, ratio, seed, vm["pca-include-queries"].as<bool>());
@@ -145,9 +153,9 @@ int run_prune(const po::variables_map& vm) {
 }  // namespace
 
 void register_prune_commands(std::vector<Command>& out) {
-  out.push_back({"calibrate", "accumulate q/k Gram, Wanda and PCA statistics over calibration text",
+  out.push_back({"calibrate", "accumulate q/k Gram, Wanda and PCA statistics (and with --taylor the taylor gradients) over calibration text",
                  "rankprune calibrate --model DIR --data FILE... [--tokenizer T] --seq-len L --sequences N --seed S "
-                 "--out STATS.safetensors",
+                 "[--taylor] --out STATS.safetensors",
                  declare_calibrate, run_calibrate});
   out.push_back({"prune", "select query/key channels and write the pruned fla checkpoint",
                  "rankprune prune --model DIR (--stats STATS | --data FILE... [--tokenizer T] --seq-len L --sequences N) "

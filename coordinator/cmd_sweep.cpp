@@ -42,7 +42,8 @@ void declare_sweep(po::options_description& d) {
        "calibration files (.txt, .jsonl, .npy); required when a method needs statistics")
       ("tokenizer", po::value<std::string>(), "SentencePiece .model (default: tokenizer.model in the model folder)")
       ("methods", po::value<std::string>()->default_value("drrqr,l1,random"),
-       "comma-separated selection methods: drrqr, qrcp, l1, wanda, random, pca")
+       "comma-separated selection methods: drrqr, qrcp, l1, wanda, random, pca, taylor (taylor: a backward "
+       "pass per calibration block, cached with the statistics)")
       ("ratios", po::value<std::string>()->default_value("0.25,0.5,0.75"), "comma-separated prune ratios in (0, 1)")
       ("random-seeds", po::value<std::string>()->default_value("0"), "seeds of the random method, e.g. 0,1,2")
       ("db", po::value<std::string>()->default_value("results.db"), "results database (SQLite; created if absent)")

@@ -167,6 +167,10 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
   }
   bool nothing = true;
   for (auto w : has_work) nothing = nothing && !w;
+  // taylor's gradient sums cost backward passes: only when a taylor variant has work.
+  bool want_taylor = false;
+  for (std::size_t v = 0; v < req.variants.size(); ++v)
+    want_taylor = want_taylor || (has_work[v] && method_needs_taylor(req.variants[v].method));
   if (nothing) {
     if (root) {
       out << "sweep: nothing to do: all " << r0.total_jobs << " jobs are done in " << req.db_path << "\n";
@@ -218,12 +222,23 @@ int run_sweep(const SweepRequest& req, cluster::Communicator& comm, const std::a
           broadcast_doubles(comm, packed);
           if (!root) stats = CalibrationStats::unpack(model.config(), packed, tokens);
         }
+        // A cache from before taylor (or from a sweep without it) lacks the gradient sums: they
+        // are computed now, in their own pass (the other statistics are unchanged), and the
+        // cache is rewritten with them. Every rank knows: the broadcast carries them when present.
+        if (want_taylor && !stats.has_taylor()) {
+          if (root)
+            err << "sweep: the cached statistics have no taylor gradients; computing them on " << cdata.ids.size(0)
+                << " sequences (a backward pass per block)\n";
+          collect_taylor(stats, model, cdata.ids, req.batch_size, req.forward, comm);
+          on_rank0(comm, "saving the statistics with taylor gradients", [&] { stats.save(r0.stats_path); });
+        }
       } else {
         if (root)
           err << "sweep: calibrating on " << cdata.ids.size(0) << " sequences x " << cdata.ids.size(1) << " tokens"
-              << (comm.size() > 1 ? cat(" over ", comm.size(), " ranks") : std::string()) << "\n";
+              << (comm.size() > 1 ? cat(" over ", comm.size(), " ranks") : std::string())
+              << (want_taylor ? ", with taylor gradients" : "") << "\n";
         cluster::BlockReduceReport rep;
-        stats = collect_statistics(model, cdata.ids, req.batch_size, req.forward, comm, &rep);
+        stats = collect_statistics(model, cdata.ids, req.batch_size, req.forward, comm, &rep, want_taylor);
         int64_t tree_bytes = 0, tree_messages = 0;  // over all ranks
         if (comm.size() > 1) {
           for (auto b : cluster::allgather_values(comm, rep.bytes_sent)) tree_bytes += b;

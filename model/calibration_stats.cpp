@@ -22,8 +22,19 @@ CalibrationStats CalibrationStats::zeros(const ModelConfig& c) {
 void CalibrationStats::add(const CalibrationStats& o) {
   RP_ASSERT(gram.sizes() == o.gram.sizes() && x_sq.sizes() == o.x_sq.sizes());
   gram += o.gram, x_sq += o.x_sq, k_sum += o.k_sum, k_outer += o.k_outer, q_sum += o.q_sum, q_outer += o.q_outer;
+  if (has_taylor() && o.has_taylor()) {
+    taylor_grad_q += o.taylor_grad_q, taylor_grad_k += o.taylor_grad_k;
+  } else {
+    taylor_grad_q = taylor_grad_k = torch::Tensor();
+  }
   tokens += o.tokens;
 }
+
+namespace {
+constexpr const char* kTaylorKey = "taylor";
+// The loss the taylor sums are the gradient of: the summed next-token cross-entropy.
+constexpr const char* kTaylorLoss = "sum-ce-v1";
+}  // namespace
 
 void CalibrationStats::save(const std::string& path) const {
   auto m = meta;
@@ -33,10 +44,16 @@ void CalibrationStats::save(const std::string& path) const {
   m["heads"] = std::to_string(heads);
   m["head_k_dim"] = std::to_string(head_k_dim);
   m["hidden_size"] = std::to_string(hidden);
-  save_safetensors(path,
-                   {{"gram", gram}, {"x_sq", x_sq}, {"k_sum", k_sum}, {"k_outer", k_outer}, {"q_sum", q_sum},
-                    {"q_outer", q_outer}},
-                   m);
+  std::vector<std::pair<std::string, torch::Tensor>> ts = {{"gram", gram},       {"x_sq", x_sq},
+                                                           {"k_sum", k_sum},     {"k_outer", k_outer},
+                                                           {"q_sum", q_sum},     {"q_outer", q_outer}};
+  m.erase(kTaylorKey);
+  if (has_taylor()) {
+    m[kTaylorKey] = kTaylorLoss;
+    ts.emplace_back("taylor_grad_q", taylor_grad_q);
+    ts.emplace_back("taylor_grad_k", taylor_grad_k);
+  }
+  save_safetensors(path, ts, m);
 }
 
 CalibrationStats CalibrationStats::load(const std::string& path) {
@@ -81,6 +98,12 @@ CalibrationStats CalibrationStats::load(const std::string& path) {
   s.k_outer = tensor("k_outer", {L, H, d, d});
   s.q_sum = tensor("q_sum", {L, H, d});
   s.q_outer = tensor("q_outer", {L, H, d, d});
+  if (auto it = m.find(kTaylorKey); it != m.end()) {
+    RP_CHECK_INPUT(it->second == kTaylorLoss, "'", path, "': taylor sums of an unknown kind '", it->second,
+                   "' (expected '", kTaylorLoss, "'); recompute the statistics");
+    s.taylor_grad_q = tensor("taylor_grad_q", {L, H * d, s.hidden});
+    s.taylor_grad_k = tensor("taylor_grad_k", {L, H * d, s.hidden});
+  }
   return s;
 }
 
@@ -100,6 +123,11 @@ std::size_t CalibrationStats::packed_length(const ModelConfig& c) {
   const auto L = static_cast<std::size_t>(c.num_hidden_layers), H = static_cast<std::size_t>(c.num_heads);
   const auto d = static_cast<std::size_t>(c.head_k_dim), D = static_cast<std::size_t>(c.hidden_size);
   return L * H * (3 * d * (d + 1) / 2 + 2 * d) + L * D;
+}
+
+std::size_t CalibrationStats::taylor_length(const ModelConfig& c) {
+  return 2 * static_cast<std::size_t>(c.num_hidden_layers) * static_cast<std::size_t>(c.num_heads * c.head_k_dim) *
+         static_cast<std::size_t>(c.hidden_size);
 }
 
 namespace {
@@ -138,17 +166,25 @@ std::vector<double> CalibrationStats::pack() const {
   out.reserve(static_cast<std::size_t>(gram.numel() / 2 * 3 + x_sq.numel() + 2 * k_sum.numel()));
   pack_upper(gram, out), pack_upper(k_outer, out), pack_upper(q_outer, out);
   append(x_sq, out), append(k_sum, out), append(q_sum, out);
+  if (has_taylor()) append(taylor_grad_q, out), append(taylor_grad_k, out);
   return out;
 }
 
 CalibrationStats CalibrationStats::unpack(const ModelConfig& c, const std::vector<double>& packed, int64_t tokens) {
-  RP_ASSERT(packed.size() == packed_length(c), "packed statistics of ", packed.size(), " values, expected ",
-            packed_length(c));
+  const bool taylor = packed.size() == packed_length(c) + taylor_length(c);
+  RP_ASSERT(packed.size() == packed_length(c) || taylor, "packed statistics of ", packed.size(),
+            " values, expected ", packed_length(c), " (or ", packed_length(c) + taylor_length(c), " with taylor)");
   CalibrationStats s = zeros(c);
   s.tokens = tokens;
   const double* p = packed.data();
   unpack_upper(p, s.gram), unpack_upper(p, s.k_outer), unpack_upper(p, s.q_outer);
   take(p, s.x_sq), take(p, s.k_sum), take(p, s.q_sum);
+  if (taylor) {
+    const auto o = torch::dtype(torch::kFloat64);
+    s.taylor_grad_q = torch::empty({c.num_hidden_layers, c.num_heads * c.head_k_dim, c.hidden_size}, o);
+    s.taylor_grad_k = torch::empty_like(s.taylor_grad_q);
+    take(p, s.taylor_grad_q), take(p, s.taylor_grad_k);
+  }
   RP_ASSERT(p == packed.data() + packed.size());
   return s;
 }

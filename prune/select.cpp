@@ -22,27 +22,44 @@ std::vector<int64_t> top_k(const std::vector<double>& score, int64_t k) {
   return idx;
 }
 
+std::vector<std::vector<double>> per_head(const torch::Tensor& s, int64_t H, int64_t dk) {  // [H*dk] or [H, dk]
+  const auto c = s.to(torch::kFloat64).contiguous();
+  std::vector<std::vector<double>> out(static_cast<std::size_t>(H));
+  const double* p = c.data_ptr<double>();
+  for (int64_t h = 0; h < H; ++h) out[h].assign(p + h * dk, p + (h + 1) * dk);
+  return out;
+}
+
 // Per-channel scores of one layer: [H][dk] from |W| (optionally weighted per input column).
 std::vector<std::vector<double>> weight_scores(const LayerWeights& L, int64_t H, int64_t dk,
                                                const torch::Tensor& column_weight) {
   auto a = L.q_proj.to(torch::kFloat64).abs() + L.k_proj.to(torch::kFloat64).abs();  // [H*dk, D]
   if (column_weight.defined()) a = a * column_weight.unsqueeze(0);
-  auto s = a.sum(1).contiguous();
-  std::vector<std::vector<double>> out(static_cast<std::size_t>(H));
-  const double* p = s.data_ptr<double>();
-  for (int64_t h = 0; h < H; ++h) out[h].assign(p + h * dk, p + (h + 1) * dk);
-  return out;
+  return per_head(a.sum(1), H, dk);
 }
 
 }  // namespace
 
 const std::vector<std::string>& selection_methods() {
-  static const std::vector<std::string> m = {"drrqr", "qrcp", "l1", "wanda", "random", "pca"};
+  static const std::vector<std::string> m = {"drrqr", "qrcp", "l1", "wanda", "random", "pca", "taylor"};
   return m;
 }
 
 bool method_needs_statistics(const std::string& m) {
-  return m == "drrqr" || m == "qrcp" || m == "wanda" || m == "pca";
+  return m == "drrqr" || m == "qrcp" || m == "wanda" || m == "pca" || m == "taylor";
+}
+
+bool method_needs_taylor(const std::string& m) { return m == "taylor"; }
+
+torch::Tensor taylor_importance(const LinearLM& model, const CalibrationStats& s, int64_t l) {
+  RP_ASSERT(s.has_taylor(), "taylor importance without taylor statistics");
+  const ModelConfig& c = model.config();
+  const LayerWeights& w = model.weights().layers[static_cast<std::size_t>(l)];
+  // The paper's code: (W * W.grad).abs() summed over the input dimension, q and k added. Here in
+  // float64 (2 * H*dk * D multiplies per projection).
+  auto score = (w.q_proj.to(torch::kFloat64) * s.taylor_grad_q[l]).abs().sum(1) +
+               (w.k_proj.to(torch::kFloat64) * s.taylor_grad_k[l]).abs().sum(1);  // [H*dk]
+  return score.view({c.num_heads, c.head_k_dim});
 }
 
 void check_method(const std::string& method) {
@@ -81,6 +98,11 @@ void check_request(const LinearLM& model, const CalibrationStats* stats, const s
   check_method(method);
   if (method_needs_statistics(method))
     RP_CHECK_INPUT(stats != nullptr, "method '", method, "' needs calibration statistics (--stats or --data)");
+  if (method_needs_taylor(method))
+    RP_CHECK_INPUT(stats->has_taylor(), "method '", method,
+                   "' needs the taylor gradient sums, and these calibration statistics have none (they cost "
+                   "backward passes, so they are computed only on request: `rankprune calibrate --taylor`, or "
+                   "prune --data)");
   (void)model;
 }
 
@@ -95,17 +117,21 @@ std::vector<HeadSelection> select_heads(const LinearLM& model, const Calibration
   RP_ASSERT(0 <= lo && lo <= hi && hi <= c.num_hidden_layers * H, "problems [", lo, ", ", hi, ")");
   const int64_t k = kept_channels(dk, ratio);
   std::vector<HeadSelection> out;
-  std::vector<std::vector<double>> layer_scores;  // l1 / wanda: one layer's scores, reused across its heads
+  std::vector<std::vector<double>> layer_scores;  // l1 / wanda / taylor: one layer's scores, reused across its heads
   int64_t scored_layer = -1;
   for (int64_t p = lo; p < hi; ++p) {
     const int64_t l = p / H, h = p % H;
     HeadSelection r;
-    if (method == "l1" || method == "wanda") {
+    if (method == "l1" || method == "wanda" || method == "taylor") {
       if (scored_layer != l) {
-        torch::Tensor colw;
-        if (method == "wanda")
-          colw = (stats->x_sq[l] / static_cast<double>(std::max<int64_t>(1, stats->tokens))).sqrt();
-        layer_scores = weight_scores(model.weights().layers[l], H, dk, colw);
+        if (method == "taylor") {
+          layer_scores = per_head(taylor_importance(model, *stats, l), H, dk);
+        } else {
+          torch::Tensor colw;
+          if (method == "wanda")
+            colw = (stats->x_sq[l] / static_cast<double>(std::max<int64_t>(1, stats->tokens))).sqrt();
+          layer_scores = weight_scores(model.weights().layers[l], H, dk, colw);
+        }
         scored_layer = l;
       }
       r.kept = top_k(layer_scores[h], k);

@@ -8,6 +8,10 @@
 //   l1     ||W_q[i,:]||_1 + ||W_k[i,:]||_1, top-k per head (no data)
 //   wanda  sum_j (|W_q[i,j]| + |W_k[i,j]|) * sqrt(mean_t x_j^2), top-k per head
 //   random seeded choice per (layer, head)
+//   taylor first-order Taylor importance (the paper's code, after LLM-Pruner):
+//          sum_j |W_q[i,j] G_q[i,j]| + sum_j |W_k[i,j] G_k[i,j]|, top-k per head, with G = dL/dW of
+//          the next-token cross-entropy summed over every calibration token (stats.taylor_grad_*;
+//          the absolute value is taken after the sum over tokens, as the paper's code does)
 //   pca    the only rotating method: T = top-k eigenvectors of the covariance of the L2-normalised
 //          keys (--pca-include-queries: keys and queries pooled, as the paper's code does);
 //          W_q <- T W_q, W_k <- T W_k. The depthwise conv cannot be rotated exactly; like the
@@ -44,13 +48,14 @@ struct Selection {
 
 const std::vector<std::string>& selection_methods();  // names accepted by select_channels
 bool method_needs_statistics(const std::string& method);
+bool method_needs_taylor(const std::string& method);  // needs stats.has_taylor() (backward passes)
 void check_method(const std::string& method);  // UsageError listing the methods
 
 // k = floor(dk * (1 - ratio)), at least 1. UsageError unless 0 <= ratio < 1.
 int64_t kept_channels(int64_t head_k_dim, double ratio);
 
 // UsageError for an unknown method or a ratio out of range; InputError when `stats` is needed
-// and missing.
+// and missing (or, for taylor, lacks the taylor gradient sums).
 Selection select_channels(const LinearLM& model, const CalibrationStats* stats, const std::string& method,
                           double ratio, uint64_t seed, bool pca_include_queries = false);
 
@@ -77,5 +82,9 @@ Selection assemble_selection(const ModelConfig& cfg, const std::string& method, 
 // (exact: the convolution is depthwise), with the config updated so fla reloads it. Weights keep
 // their dtype; untouched tensors are shared with `model`.
 LinearLM apply_selection(const LinearLM& model, const Selection& sel);
+
+// taylor's per-channel importance of layer `layer`: [H, dk] float64,
+// sum_j |W_q (.) G_q|[h*dk + i, j] + sum_j |W_k (.) G_k|[h*dk + i, j]. Needs stats.has_taylor().
+torch::Tensor taylor_importance(const LinearLM& model, const CalibrationStats& stats, int64_t layer);
 
 }  // namespace rankprune

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's comparison at fixture scale (issue 6, docs/results.md): every selection method at
+# The paper's comparison at fixture scale (issues 6, 14; docs/results.md): every selection method at
 # ratios 0.25 / 0.5 / 0.75 (three seeds for random) on a trained fixture, calibrated on WikiText-2
 # validation text, evaluated on WikiText-2 test (word and token perplexity; the first 4 documents)
 # and LAMBADA (first 200 items), into one SQLite database; then the tables and the HTML report.
@@ -19,7 +19,7 @@ MODELS=("$@")
 
 for m in "${MODELS[@]}"; do
   common=(--model "$m" --data "$DATA/text/wikitext2/wiki.valid.tokens" --seq-len 512 --sequences 64
-          --batch-size 4 --seed 0 --methods drrqr,qrcp,l1,wanda,random,pca --ratios 0.25,0.5,0.75
+          --batch-size 4 --seed 0 --methods drrqr,qrcp,l1,wanda,random,pca,taylor --ratios 0.25,0.5,0.75
           --random-seeds 0,1,2 --data-dir "$DATA" --db "$DB" --stats-cache build/stats_cache
           --eval-seq-len 512 --threads "$THREADS")
   "$RP" sweep "${common[@]}" --tasks wikitext --limit 4

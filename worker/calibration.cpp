@@ -159,13 +159,69 @@ CalibrationStats block_statistics(const LinearLM& model, const torch::Tensor& ba
   return s;
 }
 
+void check_calibration_request(const torch::Tensor& ids, int64_t batch_size) {
+  RP_CHECK_INPUT(batch_size >= 1, "--batch-size must be at least 1, got ", batch_size);
+  RP_CHECK_INPUT(ids.dim() == 2 && ids.size(0) >= 1, "calibration ids must be [N, L] with N >= 1, got ", ids.sizes());
+}
+
 }  // namespace
+
+TaylorBlock taylor_block(const LinearLM& model, const torch::Tensor& batch, const ForwardOptions& opts) {
+  const ModelConfig& c = model.config();
+  RP_CHECK_INPUT(batch.dim() == 2 && batch.size(1) >= 2, "taylor needs sequences of at least 2 tokens, got ",
+                 batch.sizes());
+  // A shallow copy of the model whose q/k projections are leaves in the compute dtype (for a
+  // float32 compute of bf16 weights the cast is exact), so autograd reaches them; every other
+  // weight is shared and needs no gradient.
+  LmWeights w = model.weights();
+  std::vector<torch::Tensor> leaves;
+  for (auto& lw : w.layers) {
+    lw.q_proj = lw.q_proj.to(opts.dtype).detach().requires_grad_(true);
+    lw.k_proj = lw.k_proj.to(opts.dtype).detach().requires_grad_(true);
+    leaves.push_back(lw.q_proj), leaves.push_back(lw.k_proj);
+  }
+  const LinearLM m(c, std::move(w));
+  torch::AutoGradMode grad_on(true);
+  const int64_t T = batch.size(1);
+  // Causal: the logits of the first T-1 tokens are those of the whole sequence at those positions.
+  auto inp = batch.narrow(1, 0, T - 1), tgt = batch.narrow(1, 1, T - 1);
+  auto logits = m.forward(inp, nullptr, opts);  // [B, T-1, V]
+  auto loss = torch::nn::functional::cross_entropy(
+      logits.reshape({-1, c.vocab_size}), tgt.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+  auto grads = torch::autograd::grad({loss}, leaves);
+  std::vector<torch::Tensor> gq, gk;
+  for (std::size_t i = 0; i < grads.size(); i += 2) gq.push_back(grads[i]), gk.push_back(grads[i + 1]);
+  return {torch::stack(gq), torch::stack(gk), loss.item<double>()};
+}
+
+void collect_taylor(CalibrationStats& stats, const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
+                    const ForwardOptions& opts, cluster::Communicator& comm, cluster::BlockReduceReport* report) {
+  check_calibration_request(ids, batch_size);
+  const ModelConfig& cfg = model.config();
+  const int64_t n_blocks = (ids.size(0) + batch_size - 1) / batch_size;
+  const std::size_t half = CalibrationStats::taylor_length(cfg) / 2;
+  auto total = cluster::block_tree_sum(
+      comm, n_blocks, 2 * half,
+      [&](int64_t b, double* out) {
+        const int64_t lo = b * batch_size;
+        const auto t = taylor_block(model, ids.narrow(0, lo, std::min(batch_size, ids.size(0) - lo)), opts);
+        const auto q = t.grad_q.to(torch::kFloat64).contiguous(), k = t.grad_k.to(torch::kFloat64).contiguous();
+        RP_ASSERT(static_cast<std::size_t>(q.numel()) == half && static_cast<std::size_t>(k.numel()) == half);
+        std::copy(q.data_ptr<double>(), q.data_ptr<double>() + half, out);
+        std::copy(k.data_ptr<double>(), k.data_ptr<double>() + half, out + half);
+      },
+      /*broadcast=*/true, report);
+  const auto o = torch::dtype(torch::kFloat64);
+  const std::vector<int64_t> shape = {cfg.num_hidden_layers, cfg.num_heads * cfg.head_k_dim, cfg.hidden_size};
+  stats.taylor_grad_q = torch::from_blob(total.data(), shape, o).clone();
+  stats.taylor_grad_k = torch::from_blob(total.data() + half, shape, o).clone();
+}
 
 CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
                                     const ForwardOptions& opts, cluster::Communicator& comm,
-                                    cluster::BlockReduceReport* report) {
-  RP_CHECK_INPUT(batch_size >= 1, "--batch-size must be at least 1, got ", batch_size);
-  RP_CHECK_INPUT(ids.dim() == 2 && ids.size(0) >= 1, "calibration ids must be [N, L] with N >= 1, got ", ids.sizes());
+                                    cluster::BlockReduceReport* report, bool taylor) {
+  check_calibration_request(ids, batch_size);
   const int64_t n_blocks = (ids.size(0) + batch_size - 1) / batch_size;
   const ModelConfig& cfg = model.config();
   auto total = cluster::block_tree_sum(
@@ -177,13 +233,15 @@ CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& 
         std::copy(packed.begin(), packed.end(), out);
       },
       /*broadcast=*/true, report);
-  return CalibrationStats::unpack(cfg, total, ids.numel());
+  CalibrationStats s = CalibrationStats::unpack(cfg, total, ids.numel());
+  if (taylor) collect_taylor(s, model, ids, batch_size, opts, comm);
+  return s;
 }
 
 CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
-                                    const ForwardOptions& opts) {
+                                    const ForwardOptions& opts, bool taylor) {
   auto local = cluster::make_local();
-  return collect_statistics(model, ids, batch_size, opts, *local);
+  return collect_statistics(model, ids, batch_size, opts, *local, nullptr, taylor);
 }
 
 std::string model_sha(const std::string& dir) {

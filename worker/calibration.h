@@ -51,12 +51,35 @@ CalibrationData load_calibration_data(const std::vector<std::string>& files, con
 // added along cluster::block_tree_sum's fixed tree, so every rank gets statistics that are
 // bitwise those of one process (docs/distributed.md). Collective: every rank calls it with the
 // same ids. The model is each rank's own (memory-mapped) copy.
+// With `taylor`, also the taylor gradient sums (collect_taylor, below).
 CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
                                     const ForwardOptions& opts, cluster::Communicator& comm,
-                                    cluster::BlockReduceReport* report = nullptr);
+                                    cluster::BlockReduceReport* report = nullptr, bool taylor = false);
 // The same on one rank.
 CalibrationStats collect_statistics(const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
-                                    const ForwardOptions& opts);
+                                    const ForwardOptions& opts, bool taylor = false);
+
+// The taylor baseline's statistic (method.md §3): G_q[l] = dL/dW_q[l] and G_k[l] = dL/dW_k[l]
+// ([L, H*dk, D] float64 each) with L = sum over every sequence of `ids` and every position t < T-1
+// of -log p(ids[t+1] | ids[..t]) (the summed next-token cross-entropy, in nats). One forward and
+// backward per block of `batch_size` sequences, in opts.dtype (autograd through the torch-op delta
+// rule and convolutions; the fused forward-only CPU kernels are not used), a separate pass from
+// the other statistics, so theirs are the same bits with or without taylor. The block gradients
+// are added as float64 along the same fixed block tree as the other statistics: the same bits on
+// any number of ranks. Collective like collect_statistics; sets stats.taylor_grad_{q,k}.
+// Cost: a forward and backward per block through the torch ops (8x the other statistics' pass on
+// the DeltaNet fixture, docs/pruning.md; memory ~ 3 x the [B, T-1, V] logits) and 2 * L * H*dk * D
+// doubles per partial sum.
+void collect_taylor(CalibrationStats& stats, const LinearLM& model, const torch::Tensor& ids, int64_t batch_size,
+                    const ForwardOptions& opts, cluster::Communicator& comm,
+                    cluster::BlockReduceReport* report = nullptr);
+// The gradients of one block's summed next-token cross-entropy w.r.t. every layer's q_proj and
+// k_proj, [L, H*dk, D] each in opts.dtype, and the loss (for tests and diagnostics).
+struct TaylorBlock {
+  torch::Tensor grad_q, grad_k;
+  double loss = 0;
+};
+TaylorBlock taylor_block(const LinearLM& model, const torch::Tensor& batch, const ForwardOptions& opts);
 
 // The model's identity: sha256 over config.json and every checkpoint file.
 std::string model_sha(const std::string& model_dir);

@@ -50,6 +50,34 @@ TEST_F(PruneCli, WritesLoadableCheckpointAndSelection) {
   EXPECT_EQ(read_file(path_join(out, "model.safetensors")), read_file(path_join(out2, "model.safetensors")));
 }
 
+TEST_F(PruneCli, TaylorFromCalibrateTaylorOrInlineDataGivesOneSelection) {
+  // calibrate --taylor adds the gradient sums; prune --method taylor uses them, or calibrates with
+  // them from --data (the same sequences: the same selection, byte for byte).
+  auto tstats = tmp_.file("taylor.safetensors");
+  auto r = run_rankprune({"calibrate", "--model", model_, "--data", text_, "--tokenizer", "bytes", "--seq-len", "64",
+                          "--sequences", "8", "--seed", "1", "--taylor", "--out", tstats});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_NE(r.out.find("with taylor gradients"), std::string::npos) << r.out;
+  auto out = tmp_.file("t1"), out2 = tmp_.file("t2");
+  r = run_rankprune({"prune", "--model", model_, "--stats", tstats, "--method", "taylor", "--ratio", "0.5", "--seed", "1",
+                     "--out", out});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  r = run_rankprune({"prune", "--model", model_, "--data", text_, "--tokenizer", "bytes", "--seq-len", "64",
+                     "--sequences", "8", "--seed", "1", "--method", "taylor", "--ratio", "0.5", "--out", out2});
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const auto sel = read_file(path_join(out, "selection.json"));
+  EXPECT_NE(sel.find("\"method\": \"taylor\""), std::string::npos) << sel;
+  EXPECT_EQ(sel, read_file(path_join(out2, "selection.json")));
+  EXPECT_EQ(LinearLM::load(out).config().head_k_dim, 4);
+  // Statistics without the gradients (the fixture's, as every file from before taylor): refused,
+  // saying how to recompute, and nothing is written.
+  auto never = tmp_.file("t3");
+  r = run_rankprune({"prune", "--model", model_, "--stats", stats_, "--method", "taylor", "--ratio", "0.5", "--out", never});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.out.find("calibrate --taylor"), std::string::npos) << r.out;
+  EXPECT_FALSE(file_exists(never));
+}
+
 TEST_F(PruneCli, RatioZeroReproducesInputBitForBit) {
   auto out = tmp_.file("p0");
   ASSERT_EQ(run_rankprune({"prune", "--model", model_, "--method", "l1", "--ratio", "0", "--out", out}).exit_code, 0);

@@ -192,6 +192,42 @@ TEST(Sweep, OneTwoThreeRanksGiveBitwiseTheSameResults) {
   }
 }
 
+TEST(Sweep, TaylorAddedToAFinishedSweepRunsOnlyItsGradientsAndJobs) {
+  World w;
+  std::map<int, Snapshot> snaps;
+  for (int P : {1, 2}) {
+    const std::string db = w.tmp.file(cat("t", P, ".db"));
+    auto req = w.request(db);
+    req.tasks = {"wikitext"};
+    req.variants = plan::plan_variants({"drrqr", "l1"}, {0.5}, {0});
+    std::string log;
+    ASSERT_EQ(sweep_on(P, req, &log), 0) << log;
+    std::string cache;
+    for (const auto& e : std::filesystem::directory_iterator(db + ".cache")) cache = e.path().string();
+    const auto before = CalibrationStats::load(cache);
+    EXPECT_FALSE(before.has_taylor()) << "no taylor variant: no backward passes";
+    // Adding taylor: the cached statistics gain the gradient sums; only taylor's jobs run.
+    req.variants = plan::plan_variants({"drrqr", "l1", "taylor"}, {0.5}, {0});
+    ASSERT_EQ(sweep_on(P, req, &log), 0) << log;
+    EXPECT_NE(log.find("1 of 4 jobs to run"), std::string::npos) << log;
+    EXPECT_NE(log.find("no taylor gradients; computing them"), std::string::npos) << log;
+    const auto after = CalibrationStats::load(cache);
+    ASSERT_TRUE(after.has_taylor());
+    EXPECT_TRUE(torch::equal(after.gram, before.gram));
+    // The same gradients as a calibration that computes everything at once.
+    auto cdata = load_calibration_data(req.data, w.tok.get(), "bytes", req.seq_len, req.sequences, req.seed,
+                                       w.model->config().vocab_size);
+    const auto direct = collect_statistics(*w.model, cdata.ids, req.batch_size, req.forward, /*taylor=*/true);
+    EXPECT_TRUE(torch::equal(after.taylor_grad_q, direct.taylor_grad_q));
+    EXPECT_TRUE(torch::equal(after.taylor_grad_k, direct.taylor_grad_k));
+    snaps[P] = snapshot(db);
+    ASSERT_EQ(sweep_on(P, req, &log), 0);
+    EXPECT_NE(log.find("nothing to do"), std::string::npos) << log;
+  }
+  EXPECT_EQ(snaps[1].rows, 4u * 4u);  // baseline, drrqr, l1, taylor x 4 wikitext metrics
+  EXPECT_EQ(snaps[2].metrics, snaps[1].metrics);
+}
+
 // ---- the scheduler alone: a lost rank, a failing job, two runs on one database
 
 struct SchedulerWorld : World {

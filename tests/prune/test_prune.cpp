@@ -1,4 +1,4 @@
-// Selection and pruning: budgets, determinism, l1/wanda/random scoring by hand, and the pruned
+// Selection and pruning: budgets, determinism, l1/wanda/random/taylor scoring by hand, and the pruned
 // model against an independent construction (the removed channels zeroed before the L2 norm in
 // the original model).
 #include <gtest/gtest.h>
@@ -37,7 +37,7 @@ Fixture make(Arch arch, uint64_t seed, int64_t num_v_heads = 0) {
   LinearLM m(c, init_random_weights(c, seed, torch::kFloat64));
   torch::manual_seed(seed);
   auto ids = torch::randint(c.vocab_size, {4, 32}, torch::kLong);
-  auto s = collect_statistics(m, ids, 2, {torch::kFloat64});
+  auto s = collect_statistics(m, ids, 2, {torch::kFloat64}, /*taylor=*/true);
   return {std::move(m), std::move(s)};
 }
 
@@ -103,6 +103,73 @@ TEST(Prune, L1AndWandaScoresByHand) {
     EXPECT_EQ(sel.kept[1][h], e1);
     EXPECT_EQ(wsel.kept[1][h], e2);
   }
+}
+
+TEST(Prune, TaylorKeepsTheLargestImportanceByHand) {
+  auto f = make(Arch::GatedDeltaNet, 5);
+  auto sel = select_channels(f.model, &f.stats, "taylor", 0.75, 0);  // keep 2 of 8
+  for (int64_t l = 0; l < 2; ++l) {
+    const auto& W = f.model.weights().layers[l];
+    auto imp = taylor_importance(f.model, f.stats, l);  // [H, dk]
+    for (int64_t h = 0; h < 2; ++h) {
+      std::vector<std::pair<double, int64_t>> sc;
+      for (int64_t i = 0; i < 8; ++i) {
+        // The paper's code: |W (.) dL/dW| summed over the row, q_proj's and k_proj's added.
+        const double v = (W.q_proj[h * 8 + i] * f.stats.taylor_grad_q[l][h * 8 + i]).abs().sum().item<double>() +
+                         (W.k_proj[h * 8 + i] * f.stats.taylor_grad_k[l][h * 8 + i]).abs().sum().item<double>();
+        EXPECT_NEAR(imp[h][i].item<double>(), v, 1e-12 * v);
+        sc.push_back({-v, i});
+      }
+      std::sort(sc.begin(), sc.end());
+      std::vector<int64_t> want = {sc[0].second, sc[1].second};
+      std::sort(want.begin(), want.end());
+      EXPECT_EQ(sel.kept[l][h], want) << "layer " << l << " head " << h;
+    }
+  }
+}
+
+TEST(Prune, TaylorSelectionFollowsTheScoresAndBreaksTiesByIndex) {
+  auto f = make(Arch::DeltaNet, 6);
+  // Gradient sums chosen so that channel i of head h scores (sum_j |W_ij| for q and k) * c_i:
+  // G = sign(W) * c_i makes |W (.) G| = |W| c_i.
+  const int64_t H = 2, dk = 8;
+  auto c = torch::tensor({1.0, 5.0, 3.0, 5.0, 0.5, 4.0, 2.0, 7.0}, torch::kFloat64);
+  CalibrationStats s = f.stats;
+  std::vector<torch::Tensor> gq, gk;
+  for (int64_t l = 0; l < 2; ++l) {
+    const auto& W = f.model.weights().layers[l];
+    // Rows of one head get a common |W| row sum (so only c_i ranks them): W rows replaced by one row.
+    auto row_q = W.q_proj[0].clone(), row_k = W.k_proj[0].clone();
+    gq.push_back(torch::sign(row_q).unsqueeze(0).repeat({H * dk, 1}) * c.repeat({H}).unsqueeze(1));
+    gk.push_back(torch::sign(row_k).unsqueeze(0).repeat({H * dk, 1}) * c.repeat({H}).unsqueeze(1));
+  }
+  s.taylor_grad_q = torch::stack(gq), s.taylor_grad_k = torch::stack(gk);
+  LmWeights w = f.model.weights();
+  for (auto& lw : w.layers) {
+    lw.q_proj = lw.q_proj[0].unsqueeze(0).repeat({H * dk, 1});
+    lw.k_proj = lw.k_proj[0].unsqueeze(0).repeat({H * dk, 1});
+  }
+  LinearLM same_rows(f.model.config(), std::move(w));
+  // Largest first: 7 (c = 7), then 1 and 3 (tied at 5; keeping 2, the lower index wins), 5 (4), ...
+  EXPECT_EQ(select_channels(same_rows, &s, "taylor", 0.75, 0).kept[0][0], (std::vector<int64_t>{1, 7}));
+  EXPECT_EQ(select_channels(same_rows, &s, "taylor", 0.5, 0).kept[1][1], (std::vector<int64_t>{1, 3, 5, 7}));
+  EXPECT_EQ(select_channels(same_rows, &s, "taylor", 0.625, 0).kept[0][1], (std::vector<int64_t>{1, 3, 7}));
+}
+
+TEST(Prune, TaylorWithoutItsStatisticsIsAClearError) {
+  auto f = make(Arch::DeltaNet, 7);
+  CalibrationStats plain = f.stats;
+  plain.taylor_grad_q = plain.taylor_grad_k = torch::Tensor();
+  EXPECT_THROW(select_channels(f.model, nullptr, "taylor", 0.5, 0), InputError);
+  try {
+    select_channels(f.model, &plain, "taylor", 0.5, 0);
+    ADD_FAILURE() << "taylor without gradient sums was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("calibrate --taylor"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(method_needs_statistics("taylor"));
+  EXPECT_TRUE(method_needs_taylor("taylor"));
+  EXPECT_FALSE(method_needs_taylor("wanda"));
 }
 
 // The original model with the removed q/k channels zeroed at the projections: the conv outputs

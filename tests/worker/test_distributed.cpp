@@ -76,6 +76,41 @@ TEST(Distributed, StatisticsAreBitwiseTheSameForAnyRankCount) {
   }
 }
 
+TEST(Distributed, TaylorGradientsAreBitwiseTheSameForAnyRankCount) {
+  for (Arch arch : {Arch::DeltaNet, Arch::GatedDeltaNet}) {
+    auto c = small_config(arch);
+    LinearLM m(c, init_random_weights(c, 8, torch::kBFloat16));  // checkpoint dtype, float32 compute
+    torch::manual_seed(9);
+    auto ids = torch::randint(256, {7, 70}, torch::kLong);  // 4 blocks of 2; T > 64: the chunked form
+    ForwardOptions o{torch::kFloat32};
+    const auto one = collect_statistics(m, ids, 2, o, /*taylor=*/true);
+    ASSERT_TRUE(one.has_taylor());
+    EXPECT_GT(one.taylor_grad_q.abs().sum().item<double>(), 0.0);
+    for (int P : {1, 2, 3, 5}) {
+      std::vector<CalibrationStats> got(static_cast<std::size_t>(P));
+      cluster::run_threads(P, [&](cluster::Communicator& comm) {
+        got[static_cast<std::size_t>(comm.rank())] = collect_statistics(m, ids, 2, o, comm, nullptr, /*taylor=*/true);
+      });
+      for (int r = 0; r < P; ++r) {
+        const auto& g = got[static_cast<std::size_t>(r)];
+        const std::string what = cat(arch_name(arch), " P=", P, " rank ", r);
+        ASSERT_TRUE(g.has_taylor()) << what;
+        EXPECT_TRUE(same_bits(g.taylor_grad_q, one.taylor_grad_q)) << what;
+        EXPECT_TRUE(same_bits(g.taylor_grad_k, one.taylor_grad_k)) << what;
+        expect_same_stats(g, one, what);
+      }
+      // And so is the selection made from them.
+      const Selection sel = select_channels(m, &one, "taylor", 0.5, 0);
+      std::vector<Selection> sels(static_cast<std::size_t>(P));
+      cluster::run_threads(P, [&](cluster::Communicator& comm) {
+        sels[static_cast<std::size_t>(comm.rank())] =
+            select_channels_sharded(comm, m, &got[static_cast<std::size_t>(comm.rank())], "taylor", 0.5, 0);
+      });
+      for (const auto& s : sels) EXPECT_EQ(s.to_json().dump(), sel.to_json().dump()) << arch_name(arch) << " P=" << P;
+    }
+  }
+}
+
 TEST(Distributed, PackRoundTripsAndHalvesTheSymmetricMatrices) {
   auto c = small_config(Arch::DeltaNet);
   LinearLM m(c, init_random_weights(c, 1, torch::kFloat64));
@@ -92,8 +127,9 @@ TEST(Distributed, ShardedSelectionIsTheSingleProcessSelection) {
   auto c = small_config(Arch::GatedDeltaNet);
   LinearLM m(c, init_random_weights(c, 7, torch::kFloat64));
   torch::manual_seed(5);
-  const auto stats = collect_statistics(m, torch::randint(256, {4, 32}, torch::kLong), 2, {torch::kFloat64});
-  for (const std::string method : {"drrqr", "qrcp", "l1", "wanda", "random", "pca"}) {
+  const auto stats =
+      collect_statistics(m, torch::randint(256, {4, 32}, torch::kLong), 2, {torch::kFloat64}, /*taylor=*/true);
+  for (const std::string method : {"drrqr", "qrcp", "l1", "wanda", "random", "pca", "taylor"}) {
     const Selection one = select_channels(m, &stats, method, 0.5, 3);
     for (int P : {2, 3, 4, 7}) {  // 7 ranks > 6 (layer, head) problems and > 3 pca layers
       std::vector<Selection> got(static_cast<std::size_t>(P));
