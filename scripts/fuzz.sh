@@ -30,7 +30,7 @@ CXX_FUZZ=${CXX_FUZZ:-clang++-14}
 CC_FUZZ=${CC_FUZZ:-${CXX_FUZZ/clang++/clang}}
 RUN=$BUILD/fuzz-run
 
-ALL=(fuzz_safetensors fuzz_safetensors_index fuzz_config fuzz_npy fuzz_sp_model fuzz_bpe
+ALL=(fuzz_safetensors fuzz_safetensors_index fuzz_config fuzz_npy fuzz_rwkv7 fuzz_llama2c fuzz_sp_model fuzz_bpe
      fuzz_task_piqa fuzz_task_arc fuzz_task_hellaswag fuzz_task_winogrande fuzz_task_lambada
      fuzz_task_wikitext fuzz_sweep_ini fuzz_db)
 TARGETS=("$@")
@@ -78,6 +78,7 @@ opts() {
   case $1 in
     fuzz_safetensors|fuzz_safetensors_index|fuzz_config) echo "-dict=$ROOT/fuzz/dicts/json.dict -max_len=8192" ;;
     fuzz_npy) echo "-dict=$ROOT/fuzz/dicts/npy.dict -max_len=4096" ;;
+    fuzz_rwkv7|fuzz_llama2c) echo "-max_len=8192" ;;
     fuzz_sp_model) echo "-max_len=16384" ;;
     fuzz_bpe) echo "-max_len=1024" ;;
     fuzz_task_wikitext) echo "-dict=$ROOT/fuzz/dicts/tasks.dict -max_len=2048" ;;

@@ -1,7 +1,6 @@
 // RWKV-7 (rwkv.cpp format): the published logits, the reader's refusals, key slicing, and a
 // naive float64 recurrence written here independently of model/rwkv7.cpp.
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -12,6 +11,7 @@
 #include "common/random.h"
 #include "model/rwkv7.h"
 #include "prune/rwkv7_select.h"
+#include "tests/testing/bounded.h"
 #include "tests/testing/testing.h"
 #include "worker/rwkv7_tasks.h"
 
@@ -174,12 +174,6 @@ TEST(Rwkv7, RefusesMalformedFiles) {
   expect_input_error([&] { RwkvFile::read(tmp.file("absent.bin")); }, {"absent.bin"});
 }
 
-long max_rss_kb() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_maxrss;
-}
-
 TEST(Rwkv7, HostileSizesFailFastInBoundedMemory) {
   // A 56-byte file whose one record claims 3 dims of 2^31 - 1 (2^93 floats), then one whose name
   // length is 2^31 - 1: both must fail on the size check, not on an allocation.
@@ -190,15 +184,14 @@ TEST(Rwkv7, HostileSizesFailFastInBoundedMemory) {
   const int32_t f[6] = {3, 10, 0, 2147483647, 2147483647, 2147483647};
   std::memcpy(&rec[0], f, sizeof f);
   std::memcpy(&rec[24], "emb.weight", 10);
-  const long before = max_rss_kb();
-  expect_input_error([&] { RwkvFile::parse(b + rec + std::string(8, '\0'), "hostile.bin"); },
-                     {"hostile.bin", "'emb.weight'", "2147483647", "bytes left"});
+  // Each in a forked child whose peak RSS growth is measured (tests/testing/bounded.h).
+  const std::string f1 = b + rec + std::string(8, '\0');
+  testing::expect_fails_bounded([&] { RwkvFile::parse(f1, "hostile.bin"); },
+                                {"hostile.bin", "'emb.weight'", "2147483647", "bytes left"}, 16);
   std::string rec2 = rec;
   put_i32(rec2, 4, 2147483647);
-  expect_input_error([&] { RwkvFile::parse(b + rec2, "hostile2.bin"); }, {"'name length' is 2147483647"});
-  const long growth_kb = max_rss_kb() - before;
-  std::cout << "[rwkv7] max RSS growth over the hostile files: " << growth_kb << " KiB\n";
-  EXPECT_LT(growth_kb, 64 * 1024);
+  const std::string f2 = b + rec2;
+  testing::expect_fails_bounded([&] { RwkvFile::parse(f2, "hostile2.bin"); }, {"'name length' is 2147483647"}, 16);
 }
 
 // ------------------------------------------------------------------------ round trips, FP16
