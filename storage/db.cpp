@@ -8,6 +8,7 @@
 #include <sys/vfs.h>
 #endif
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -234,6 +235,7 @@ std::string take_sqlite_os_error() {
 void clear_sqlite_os_error() { t_os_error.clear(); }
 
 [[noreturn]] void throw_sqlite(const std::string& path, sqlite3* db, int rc, const std::string& doing) {
+  const int errno_now = errno;  // what the failed call left, before anything here can change it
   std::string msg = cat("results database '", path, "': ", doing, ": ", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc),
                         " (SQLite code ", rc, ")");
   // SQLite says "disk I/O error" for every failed read, write or sync; the OS error it saw is the
@@ -246,6 +248,14 @@ void clear_sqlite_os_error() { t_os_error.clear(); }
       msg += ": " + os_call;
     } else if (const int os = db ? sqlite3_system_errno(db) : 0; os != 0) {
       msg += cat(": ", std::strerror(os));
+    } else if (primary == SQLITE_FULL) {
+      // os_unix.c returns SQLITE_FULL for a write that failed with ENOSPC (and keeps no errno).
+      msg += cat(": ", std::strerror(ENOSPC));
+    } else if (int last = 0; db && sqlite3_file_control(db, "main", SQLITE_FCNTL_LAST_ERRNO, &last) == SQLITE_OK &&
+                              last != 0) {
+      msg += cat(": ", std::strerror(last));  // a failed write() is not logged; the file keeps its errno
+    } else if (errno_now != 0) {
+      msg += cat(": ", std::strerror(errno_now));  // a write to the WAL / journal: the errno it left
     }
   }
   if (is_environment_error(rc)) throw InputError(msg + hint(rc));
