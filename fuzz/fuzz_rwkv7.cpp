@@ -22,8 +22,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string bytes(reinterpret_cast<const char*>(data), size);
     RP_FUZZ_CHECK(m.file().serialize() == bytes, "an accepted file serialises to other bytes");
     const auto& c = m.config();
-    const torch::Tensor ids = torch::tensor({0, static_cast<int64_t>(c.n_vocab - 1), 1 % c.n_vocab}, torch::kLong)
-                                  .reshape({1, 3});
+    const std::vector<int64_t> toks = {0, c.n_vocab - 1, 1 % c.n_vocab};
+    const torch::Tensor ids = torch::tensor(toks, torch::kLong).reshape({1, 3});
     const torch::Tensor logits = m.forward(ids);
     RP_FUZZ_CHECK(logits.sizes() == torch::IntArrayRef({1, 3, static_cast<int64_t>(c.n_vocab)}), "logits shape");
     std::vector<std::vector<std::vector<int64_t>>> kept(c.n_layer, std::vector<std::vector<int64_t>>(c.n_heads, {0}));

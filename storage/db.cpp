@@ -259,6 +259,11 @@ void clear_sqlite_os_error() { t_os_error.clear(); }
     }
   }
   if (is_environment_error(rc)) throw InputError(msg + hint(rc));
+  // rankprune's statements are fixed and tested against its own schema: a table or column they
+  // do not find is missing from the file (one that claims a schema version it does not hold).
+  if (const char* m = db ? sqlite3_errmsg(db) : nullptr;
+      (rc & 0xff) == SQLITE_ERROR && m && (std::strncmp(m, "no such column", 14) == 0 || std::strncmp(m, "no such table", 13) == 0))
+    throw InputError(msg + "; the file does not hold the tables of the rankprune schema version it claims");
   throw InternalError(msg);
 }
 
