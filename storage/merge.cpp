@@ -9,6 +9,7 @@
 #include <map>
 #include <sstream>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -176,9 +177,16 @@ Source read_source_rows(const std::string& path) {
     Statement q(db.db, db.path,
                 "SELECT x.job_id, x.name, x.value, x.stderr FROM metrics x JOIN jobs j ON j.id = x.job_id "
                 "WHERE j.state = 'done' ORDER BY x.job_id, x.name");
-    while (q.step())
-      src.jobs[job_index.at(q.col_int64(0))].metrics.push_back(
-          {q.col_text(1), q.col_real_or_nan(2), q.col_opt_real(3)});
+    while (q.step()) {
+      const std::int64_t job_id = q.col_int64(0);
+      const auto it = job_index.find(job_id);
+      // Only a file without rankprune's constraints (e.g. a job id twice, a job of no variant)
+      // has metrics of a done job the job query did not return.
+      if (it == job_index.end())
+        throw InputError(cat("merge source '", path, "' holds metrics of jobs id ", job_id,
+                             ", a job its tables do not describe consistently; the file is damaged"));
+      src.jobs[it->second].metrics.push_back({q.col_text(1), q.col_real_or_nan(2), q.col_opt_real(3)});
+    }
   }
   db.exec("COMMIT", "ending the read transaction");
   return src;
@@ -188,12 +196,23 @@ Source read_source_rows(const std::string& path) {
 // tables are not what that version has (missing, other columns) is damaged or forged: SQLite's
 // "no such table" would otherwise read as an error in our SQL.
 Source read_source(const std::string& path) {
+  Source src;
   try {
-    return read_source_rows(path);
+    src = read_source_rows(path);
   } catch (const InternalError& e) {
     throw InputError(cat("merge source '", path, "' claims to be a rankprune results database but its tables do not ",
                          "match its schema version (", e.what(), "); the file is damaged"));
   }
+  // rankprune's schema keeps one value per (job, metric); a file without that constraint may not,
+  // and its rows could not be inserted here.
+  for (const auto& j : src.jobs) {
+    std::set<std::string> names;
+    for (const auto& m : j.metrics)
+      if (!names.insert(m.name).second)
+        throw InputError(cat("merge source '", path, "' holds metric '", m.name, "' twice for jobs id ", j.id,
+                             " (its tables lack the rankprune schema's constraints); the file is damaged"));
+  }
+  return src;
 }
 
 // The write half: maps source ids to ids here, row by row, inside the caller's transaction.
