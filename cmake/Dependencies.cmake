@@ -16,7 +16,16 @@ target_link_libraries(rp_deps_torch INTERFACE ${TORCH_LIBRARIES})
 # TORCH_CXX_FLAGS carries the ABI define; split it into compile options.
 separate_arguments(_rp_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 target_compile_options(rp_deps_torch INTERFACE ${_rp_torch_flags})
-message(STATUS "rankprune: LibTorch ${Torch_VERSION}")
+# A CUDA LibTorch (the one inside an installed PyTorch on a GPU node) brings torch_cuda: models can
+# then run with --device cuda. Debian's libtorch-dev is CPU-only, and --device cuda says so.
+if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES)
+  set(RANKPRUNE_TORCH_CUDA ON)
+  target_compile_definitions(rp_deps_torch INTERFACE RANKPRUNE_TORCH_CUDA=1)
+else()
+  set(RANKPRUNE_TORCH_CUDA OFF)
+endif()
+target_compile_definitions(rp_deps_torch INTERFACE RANKPRUNE_TORCH_VERSION="${Torch_VERSION}")
+message(STATUS "rankprune: LibTorch ${Torch_VERSION} (CUDA ${RANKPRUNE_TORCH_CUDA})")
 
 # --- nlohmann_json
 find_package(nlohmann_json 3.9 QUIET)
@@ -71,6 +80,9 @@ if(RANKPRUNE_WITH_CUDA)
     include(CheckLanguage)
     check_language(CUDA)
     if(CMAKE_CUDA_COMPILER)
+      # Default: the H200 of the device machine (sm_90); one architecture keeps CI's build short.
+      set(RANKPRUNE_CUDA_ARCHITECTURES "90" CACHE STRING "CUDA architectures of the kernels in kernels/cuda")
+      set(CMAKE_CUDA_ARCHITECTURES ${RANKPRUNE_CUDA_ARCHITECTURES})
       enable_language(CUDA)
       find_package(CUDAToolkit QUIET)
       if(CUDAToolkit_FOUND)

@@ -1,0 +1,76 @@
+// Error handling shared by the CUDA kernels (kernels/cuda/*.cu): every runtime, cuBLAS and
+// cuSOLVER call is checked, and a failure throws a rankprune error naming the kernel and the call.
+// Out of device memory is the user's problem size (InputError, exit 1); anything else is ours
+// (InternalError, exit 3).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <string>
+#include <utility>
+
+#include "common/error.h"
+
+namespace rankprune::cuda {
+
+[[noreturn]] inline void fail_cuda(const char* who, const char* call, cudaError_t e) {
+  cudaGetLastError();  // clear a non-sticky error so the next call does not see it
+  const std::string msg = cat(who, ": ", call, " failed: ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")");
+  if (e == cudaErrorMemoryAllocation) throw InputError(msg + "; the problem does not fit in GPU memory");
+  throw InternalError(msg);
+}
+
+[[noreturn]] inline void fail_library(const char* who, const char* call, int status) {
+  throw InternalError(cat(who, ": ", call, " failed with status ", status));
+}
+
+// RAII device allocation of n elements of T (uninitialised).
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t n, const char* who = "DeviceBuffer") : n_(n) {
+    if (n == 0) return;
+    const cudaError_t e = cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T));
+    if (e != cudaSuccess) fail_cuda(who, "cudaMalloc", e);
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { release(); }
+
+  T* get() const { return p_; }
+  std::size_t size() const { return n_; }
+
+ private:
+  void release() {
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+  }
+  T* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+}  // namespace rankprune::cuda
+
+#define RP_CUDA_CHECK(who, call)                                          \
+  do {                                                                    \
+    const cudaError_t rp_cuda_e_ = (call);                                \
+    if (rp_cuda_e_ != cudaSuccess) ::rankprune::cuda::fail_cuda((who), #call, rp_cuda_e_); \
+  } while (0)
+
+// cuBLAS / cuSOLVER: status 0 is success in both.
+#define RP_CUDA_LIB_CHECK(who, call)                                      \
+  do {                                                                    \
+    const int rp_cuda_s_ = static_cast<int>(call);                        \
+    if (rp_cuda_s_ != 0) ::rankprune::cuda::fail_library((who), #call, rp_cuda_s_); \
+  } while (0)
