@@ -264,6 +264,7 @@ void clear_sqlite_os_error() { t_os_error.clear(); }
   if (const char* m = db ? sqlite3_errmsg(db) : nullptr;
       (rc & 0xff) == SQLITE_ERROR && m && (std::strncmp(m, "no such column", 14) == 0 || std::strncmp(m, "no such table", 13) == 0))
     throw InputError(msg + "; the file does not hold the tables of the rankprune schema version it claims");
+  if ((rc & 0xff) == SQLITE_CONSTRAINT) throw ConstraintError(msg);
   throw InternalError(msg);
 }
 

@@ -18,8 +18,17 @@
 
 namespace rankprune::storage::detail {
 
+// A row refused by the schema (CHECK, NOT NULL, UNIQUE): a bug in our SQL when we wrote the row
+// ourselves, so an InternalError; `db merge` turns it into an InputError naming the source file,
+// whose row it copied.
+class ConstraintError : public InternalError {
+ public:
+  using InternalError::InternalError;
+};
+
 // An SQLite error as an exception naming the path and SQLite's message: InputError when the file
-// or its surroundings are at fault, InternalError for our SQL or its use.
+// or its surroundings are at fault, InternalError for our SQL or its use (ConstraintError for a
+// constraint violation).
 [[noreturn]] void throw_sqlite(const std::string& path, sqlite3* db, int rc, const std::string& doing);
 // SQLite's error log (SQLITE_CONFIG_LOG), installed before the first connection: it records the
 // system call, file and strerror of each failed OS operation, which throw_sqlite appends.

@@ -459,7 +459,15 @@ MergeReport Database::merge_from(const std::string& source_path) {
   }
   MergeReport report;
   Transaction tx = transaction();
-  Merger(*impl_, src, report).run();
+  try {
+    Merger(*impl_, src, report).run();
+  } catch (const detail::ConstraintError& e) {
+    // Every row inserted here is one of the source's, copied as read (a file written without the
+    // schema's constraints, or damaged, can hold a row the schema refuses).
+    throw InputError(cat("cannot merge '", source_path, "' into '", impl_->path, "': a row of '", source_path,
+                         "' breaks the rankprune schema (", e.what(),
+                         "); the file is damaged or was not written by rankprune; nothing was merged"));
+  }
   tx.commit();
   return report;
 }

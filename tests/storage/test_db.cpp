@@ -1563,6 +1563,16 @@ TEST(DbMerge, RefusesBadSourcesAndNeverWritesThem) {
   RawDb(newer).exec("PRAGMA user_version = 99");
   expect_input_error([&] { into.merge_from(newer); }, {newer, "newer rankprune", "schema version 99"});
   EXPECT_EQ(RawDb(newer).integer("PRAGMA user_version"), 99);
+  // A row the schema refuses (a file written with its checks off, or damaged; found by fuzz_db):
+  // an input error naming the source and the constraint, not an internal error; nothing merged.
+  const std::string broken = dir.file("broken.db");
+  {
+    Database db = Database::open(broken);
+    add_plan(db, "models/broken");
+  }
+  RawDb(broken).exec("PRAGMA ignore_check_constraints = ON; UPDATE calibrations SET seq_len = 0");
+  expect_input_error([&] { into.merge_from(broken); },
+                     {broken, "breaks the rankprune schema", "CHECK constraint failed", "nothing was merged"});
   EXPECT_EQ(dump(dir.file("into.db")), before);
   // An older schema is read as it is, not migrated.
   const std::string old = dir.file("v1.db");
