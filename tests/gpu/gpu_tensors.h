@@ -24,10 +24,13 @@ inline cuda::DeviceBuffer<char> to_device(const torch::Tensor& t) {
   return buf;
 }
 
-// An uninitialised device array for a tensor of these sizes and dtype.
-inline cuda::DeviceBuffer<char> device_empty(torch::IntArrayRef sizes, torch::ScalarType dt) {
+// A device array for a tensor of these sizes and dtype, every byte 0xFF: NaN in float32, bfloat16
+// and float64, so an element the kernel fails to write shows as NaN (and fails any tolerance).
+inline cuda::DeviceBuffer<char> device_poisoned(torch::IntArrayRef sizes, torch::ScalarType dt) {
   const std::size_t bytes = static_cast<std::size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dt);
-  return cuda::DeviceBuffer<char>(bytes, "device_empty");
+  cuda::DeviceBuffer<char> buf(bytes, "device_poisoned");
+  if (bytes) RP_CUDA_CHECK("device_poisoned", cudaMemset(buf.get(), 0xFF, bytes));
+  return buf;
 }
 
 // A CPU tensor with the bytes at device pointer `p` (waits for the device first).

@@ -28,9 +28,11 @@ using cuda::CudaScalar;
 // FMAs per entry plus the dk-term dot products feeding u); the update S -> (I - beta k k^T) S is
 // non-expansive (||k|| = 1, 0 <= beta <= 1) and the decay exp(g) <= 1, so earlier rounding is
 // carried forward without amplification but does accumulate: at most linearly in T (a random walk,
-// ~sqrt(T), in practice). Hence a base plus a per-step allowance (T = 300: 3.2e-4).
-constexpr double kTolF32Base = 2e-5;
-constexpr double kTolF32PerStep = 1e-6;
+// ~sqrt(T), in practice). Hence a base plus a per-step allowance (T = 300: 4e-5). The fused CPU
+// loop in float32 (delta_rule_recurrent_cpu) stays more than 10x under it on this file's cases and
+// up to T = 1000; a wrong index or a missing barrier shows as errors of 1e-2 and more.
+constexpr double kTolF32Base = 1e-5;
+constexpr double kTolF32PerStep = 1e-7;
 // bf16 outputs are the float32 result rounded to nearest once: at most 2^-8 relative (8
 // significant bits) on top of the float32 state error.
 constexpr double kTolBf16Rounding = 1.0 / 256;
@@ -66,14 +68,15 @@ DeltaRuleResult reference(const Inputs& in, double scale) {
   return delta_rule_recurrent(f64(in.q), f64(in.k), f64(in.v), f64(in.beta), f64(in.g), f64(in.s0), scale);
 }
 
-// Runs the kernel on device copies. want_state: return the final state; in_place: s_out = s0.
+// Runs the kernel on device copies, o and the final state poisoned with NaN first. want_state:
+// return the final state; in_place: s_out = s0.
 DeltaRuleResult run_gpu(const Inputs& in, CudaScalar dt, double scale, bool want_state = true,
                         bool in_place = false) {
   const int64_t B = in.q.size(0), H = in.q.size(1), T = in.q.size(2), dk = in.q.size(3), dv = in.v.size(3);
   auto q = test::to_device(in.q), k = test::to_device(in.k), v = test::to_device(in.v);
   auto beta = test::to_device(in.beta), g = test::to_device(in.g), s0 = test::to_device(in.s0);
-  auto o = test::device_empty({B, H, T, dv}, torch_type(dt));
-  auto s = in_place ? cuda::DeviceBuffer<char>() : test::device_empty({B, H, dk, dv}, torch::kFloat32);
+  auto o = test::device_poisoned({B, H, T, dv}, torch_type(dt));
+  auto s = in_place ? cuda::DeviceBuffer<char>() : test::device_poisoned({B, H, dk, dv}, torch::kFloat32);
   cuda::DeltaRuleCudaArgs a;
   a.q = q.get(), a.k = k.get(), a.v = v.get(), a.beta = beta.get(), a.g = g.get();
   a.s0 = reinterpret_cast<const float*>(s0.get());

@@ -19,10 +19,11 @@ namespace {
 
 using cuda::CudaScalar;
 
-// Named tolerance, relative to max |G_ref| (a diagonal entry, which bounds every entry by
-// Cauchy-Schwarz). Both sides sum n = 2 tokens + 1 exact float64 terms (products of f32/bf16
-// values are exact), so each is within (n - 1) eps |sum of |terms|| <= n eps max |G| of the exact
-// value whatever the order: the difference is within 2 n eps max |G|.
+// Named tolerance, relative to max |G_ref|. Each entry on each side is a float64 sum of
+// n = 2 tokens + 1 exact terms (G0_ij and products of f32/bf16 values, exact in float64), so in any
+// summation order it is within (n - 1) (eps / 2) sum |terms| of the exact value, and by
+// Cauchy-Schwarz sum |terms| <= sqrt(G_ii G_jj) <= max |G|. The two sides then differ by at most
+// (n - 1) eps max |G|; the tolerance allows twice that.
 double gram_tolerance(int64_t tokens) {
   return 2.0 * static_cast<double>(2 * tokens + 1) * std::numeric_limits<double>::epsilon();
 }
