@@ -11,8 +11,9 @@
 //   G:    [heads, d, d]        float64, accumulated into (zero it for a fresh Gram); on return both
 //                              triangles hold the result and G_h is exactly symmetric (bitwise),
 //                              given a symmetric G on entry (a zeroed one is)
-// All work is queued on `stream` (0 = the legacy default stream); the call returns without
-// synchronising, except for the workspace allocation (cudaMalloc) and its release.
+// All work is queued on `stream` (0 = the legacy default stream) and the call returns without
+// synchronising: the workspace comes from the device's stream-ordered pool (cudaMallocAsync /
+// cudaFreeAsync on `stream`).
 //
 // Tokens are processed in chunks of `chunk_tokens` (0 = the default below), so the float64
 // workspace is bounded: 2 * chunk * heads * d * 8 bytes, with the default chunk chosen so that this
@@ -20,9 +21,10 @@
 // shapes where a single token exceeds it. DeltaNet-1.3B (heads 16, d 128): 2048 tokens a chunk.
 //
 // Deterministic: the chunks are summed into G in token order on one stream, each by one cuBLAS
-// GEMM (bitwise reproducible run to run on the same GPU model and toolkit, per the cuBLAS
-// "results reproducibility" section, as long as the handle's stream is not shared with
-// concurrent cuBLAS work of another handle), no atomics anywhere.
+// GEMM, and nothing uses atomics. cuBLAS documents its routines as bitwise reproducible run to run
+// on GPUs of the same architecture and SM count with the same toolkit ("Results reproducibility";
+// the exceptions are routines in atomics mode, which this handle never enables); the tests check
+// two runs for equality.
 //
 // Errors: shapes, pointers and dtype are checked on the host before any CUDA call (InputError
 // naming the argument and what was expected); CUDA/cuBLAS failures throw as kernels/cuda/cuda_check.h
