@@ -74,3 +74,27 @@ class DeviceBuffer {
     const int rp_cuda_s_ = static_cast<int>(call);                        \
     if (rp_cuda_s_ != 0) ::rankprune::cuda::fail_library((who), #call, rp_cuda_s_); \
   } while (0)
+
+namespace rankprune::cuda {
+
+// Element type of the activations a kernel reads (and of the outputs it writes in the input type):
+// float32, or bfloat16 stored as __nv_bfloat16 (the same bytes as a torch::kBFloat16 tensor).
+// Accumulation type is per kernel (float64 for the Gram, float32 for the delta-rule state).
+enum class CudaScalar { F32, BF16 };
+
+inline const char* cuda_scalar_name(CudaScalar s) {
+  switch (s) {
+    case CudaScalar::F32: return "f32";
+    case CudaScalar::BF16: return "bf16";
+  }
+  return "unknown";
+}
+
+// Host-side check, before any CUDA call: an out-of-range enum value (a cast from a stored integer,
+// a newer caller) is the caller's input, named with what is supported.
+inline void check_cuda_scalar(const char* who, CudaScalar s) {
+  RP_CHECK_INPUT(s == CudaScalar::F32 || s == CudaScalar::BF16, who, ": unsupported dtype (enum value ",
+                 static_cast<int>(s), "); expected f32 or bf16");
+}
+
+}  // namespace rankprune::cuda
