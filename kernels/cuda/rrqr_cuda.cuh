@@ -11,28 +11,29 @@
 //
 // Memory: a [256, 256] double matrix is 512 KB and shared memory is at most 227 KB per block, so
 // the matrices (R, the greedy X, the exchange matrix Q) and the length-n vectors live in a global
-// workspace per problem (3 n^2 + 10 (n + 1) doubles + 2 n int64; n = 256: 1.5 MB, mostly
-// L2-resident at these sizes). Shared memory holds only the block reductions' kThreads
-// (value, index) pairs: 4 KB. __syncthreads() orders global as well as shared memory within a
-// block, which is all the communication there is.
+// workspace per problem (3 n^2 + 10 (n + 1) doubles + 2 n int64; n = 256: 1.5 MB; a block's
+// working set fits the 50 MB L2, a whole batch of hundreds does not). Shared memory holds only
+// the block reductions' kThreads (value, index) pairs: 4 KB. __syncthreads() orders global as
+// well as shared memory within a block, which is all the communication there is.
 //
 // Rounding: rrqr_cuda.cu, which includes this, is compiled with --fmad=false
 // (kernels/CMakeLists.txt). The CPU code is built for baseline x86-64 (no FMA) in ISO C++ mode
 // (no contraction), and IEEE division and sqrt are correctly rounded on both, so the pivoted
 // Cholesky and the greedy rho, written here with the CPU's expressions and summation orders,
-// reproduce the CPU's roundings (test_gpu_rrqr_emulated.cpp checks this bit for bit on the CPU;
-// the GPU tests check it to a tolerance). The swap phase
-// builds its exchange matrix from the factor by plain substitutions where the CPU calls LAPACK
-// (potri, trsm, syrk / trmm), so from there on values differ in the last bits; the discrete
-// outcomes (argmax, the stop rules) agree except at near-ties, which the tests exclude.
+// reproduce the CPU's roundings (the emulation tests check this bit for bit on the CPU, the GPU
+// tests to a tolerance). The swap phase builds its exchange matrix from the factor by plain
+// substitutions where the CPU calls LAPACK (potri, trsm, syrk / trmm), so from there on values
+// differ in the last bits; the discrete outcomes (argmax, the stop rules) agree except at
+// near-ties, which the tests exclude.
 //
 // Costs per problem (block of 256 threads): pivoted Cholesky n^3 / 3 flops; greedy rho of all
 // requested k n^3 / 6 together; per k that needs swaps an O(n^3) set-up, O(n^2) per swap and an
-// O(k^3 / 3) Cholesky at the end — as on the CPU, but without BLAS-3 blocking: at n <= 256 the
-// block's working set stays in L2.
+// O(k^3 / 3) Cholesky at the end — as on the CPU, but without BLAS-3 blocking or shared-memory
+// tiling: simple over fast (it is expected to be latency-bound; no timing yet, written without a
+// GPU).
 //
-// Included by rrqr_cuda.cu and by tests/gpu/test_gpu_rrqr_emulated.cpp, which runs this kernel on
-// the CPU with std::threads standing in for a block (a few threads: RP_RRQR_CUDA_THREADS) to test
+// Included by rrqr_cuda.cu and by tests/gpu/rrqr_emulation_cases.h, which runs this kernel on the
+// CPU with std::threads standing in for a block (4 or 256 of them: RP_RRQR_CUDA_THREADS) to test
 // its logic where there is no GPU. Everything is in an anonymous namespace so that each includer
 // gets its own copy.
 #pragma once

@@ -14,9 +14,11 @@
 // near-tie in an argmax (two rho within ~1e-12 of each other, or max rho within ~1e-12 of f) may
 // be broken differently. tests/gpu/test_gpu_rrqr.cpp checks parity on inputs without near-ties.
 //
-// Costs and memory: see rrqr_cuda.cu. Device memory is about 3 n^2 doubles per problem for
-// strong_rrqr_select_batched_cuda (n = 256: 1.5 MB), n^2 for the other two. Out of device memory
-// is an InputError (the batch is too large for this GPU), CUDA failures are InternalErrors.
+// Costs and memory: see rrqr_cuda.cuh. Device memory is about 4 n^2 doubles per problem for
+// strong_rrqr_select_batched_cuda (the Gram, R and two work matrices; n = 256: 2 MB) plus
+// 16 n + 8 min(max_swaps, kCudaMaxRecordedSwaps) bytes per (problem, distinct k), and 2 n^2
+// doubles per problem for the other two. Out of device memory is an InputError (the batch is too
+// large for this GPU: split it), CUDA failures are InternalErrors.
 #pragma once
 
 #include <cstdint>
