@@ -95,12 +95,16 @@ Launch emulate(const Matrix& G, int64_t batch, int64_t n, const std::vector<int6
   out.max_swaps = max_swaps;
   out.record = std::min(max_swaps, kCudaMaxRecordedSwaps);
   const std::size_t B = batch, N = n, NN = N * N, NK = out.nk, BK = B * NK;
-  std::vector<double> R(B * NN), X(B * NN), Q(B * NN), vec(B * kVecs * (N + 1)), rdiag(B * N);
-  std::vector<int64_t> perm(B * N), order(B * N), rank(B), kept(BK * N);
+  // cudaMalloc'd memory is not initialised: garbage here (NaN, -77) makes a read of anything the
+  // kernel has not written show up in the results.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<double> R(B * NN, nan), X(B * NN, nan), Q(B * NN, nan), vec(B * kVecs * (N + 1), nan),
+      rdiag(B * N, nan);
+  std::vector<int64_t> perm(B * N, -77), order(B * N, -77), rank(B, -77), kept(BK * N, -77);
   std::vector<unsigned char> want(N + 1, 0);
   for (int64_t k : kvals) want[k] = 1;
-  std::vector<int> path(BK), swaps(BK), flags(BK);
-  std::vector<double> max_rho2(BK), swap_rho(BK * out.record + 1), cdiag(BK * N);
+  std::vector<int> path(BK, -77), swaps(BK, -77), flags(BK, -77);
+  std::vector<double> max_rho2(BK, nan), swap_rho(BK * out.record + 1, nan), cdiag(BK * N, nan);
   Args a{};
   a.G = G.data();
   a.n = n;
