@@ -24,24 +24,16 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "kernels/rrqr_checks.h"
 
 namespace rankprune {
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-void check_gram(const double* G, int64_t n) {
-  RP_CHECK_INPUT(n >= 1, "Gram matrix: n must be >= 1, got ", n);
-  RP_CHECK_INPUT(G != nullptr, "Gram matrix: null pointer for n = ", n);
-  for (int64_t i = 0; i < n * n; ++i)
-    RP_CHECK_INPUT(std::isfinite(G[i]), "Gram matrix [", n, ", ", n, "]: entry (", i / n, ", ",
-                   i % n, ") is not finite (", G[i], ")");
-}
-
-void check_k(int64_t k, int64_t n) {
-  RP_CHECK_INPUT(k >= 1 && k <= n, "channel selection: k = ", k, " kept channels out of n = ", n,
-                 "; k must be in 1..n");
-}
+// The checks live in rrqr_checks.h so that the CUDA twin rejects the same inputs the same way.
+using rrqr_checks::check_gram;
+using rrqr_checks::check_k;
 
 // Greedy state for one k, read off the pivoted Cholesky (no swaps yet).
 struct GreedyEval {
@@ -305,7 +297,7 @@ StrongRrqrResult strong_one(const double* G, const PivotedCholesky& pc, int64_t 
 
 PivotedCholesky pivoted_cholesky(const double* G, int64_t n, double tol) {
   check_gram(G, n);
-  RP_CHECK_INPUT(tol >= 0 && std::isfinite(tol), "pivoted Cholesky: tol must be finite and >= 0, got ", tol);
+  rrqr_checks::check_rank_tol(tol);
   PivotedCholesky pc;
   pc.n = n;
   pc.perm.resize(n);
@@ -358,8 +350,7 @@ std::vector<StrongRrqrResult> strong_rrqr_select_many(const double* G, const Piv
   RP_ASSERT(static_cast<int64_t>(pc.perm.size()) == pc.n && static_cast<int64_t>(pc.R.size()) == pc.n * pc.n,
             "PivotedCholesky of inconsistent size");
   for (int64_t k : ks) check_k(k, pc.n);
-  RP_CHECK_INPUT(f >= 1 && std::isfinite(f), "strong RRQR: the bound f must be finite and >= 1, got ", f);
-  RP_CHECK_INPUT(max_swaps >= 0, "strong RRQR: max_swaps must be >= 0, got ", max_swaps);
+  rrqr_checks::check_swap_params(f, max_swaps);
   const std::vector<GreedyEval> ge = greedy_evals(pc, ks);
   std::vector<StrongRrqrResult> out;
   out.reserve(ks.size());
