@@ -35,6 +35,8 @@ void add_compute_options(po::options_description& d) {
        "delta-rule implementation: auto (fla: recurrent for <= 64 tokens, else chunked; on CPU without gradients "
        "the fused recurrence at any length), recurrent, chunked")
       ("chunk-size", po::value<int64_t>()->default_value(64), "chunk length of the chunked delta rule")
+      ("device", po::value<std::string>()->default_value("cpu"),
+       "where the model runs: cpu, or cuda (needs rankprune built against a CUDA LibTorch: docs/gpu.md)")
       ("threads", po::value<int>()->default_value(0), "CPU threads for matrix products (OpenBLAS) and the delta-rule scan; 0 = $OPENBLAS_NUM_THREADS, else $OMP_NUM_THREADS, else all cores. Element-wise ops run on one");
 }
 
@@ -66,8 +68,16 @@ ForwardOptions forward_options_from(const po::variables_map& vm) {
     throw UsageError(cat("--impl: expected auto, recurrent or chunked, got '", impl, "'"));
   o.chunk_size = vm["chunk-size"].as<int64_t>();
   if (o.chunk_size < 1) throw UsageError(cat("--chunk-size must be >= 1, got ", o.chunk_size));
+  o.device = parse_device(vm["device"].as<std::string>());
+  if (o.device == ComputeDevice::Cuda) require_cuda("--device cuda");  // before any file is read
   apply_threads(vm);
   return o;
+}
+
+void require_cpu_until_wired(const ForwardOptions& o, const std::string& command) {
+  if (o.device == ComputeDevice::Cuda)
+    throw UsageError(cat("--device cuda: `rankprune ", command, "` runs on the CPU only so far; `rankprune logits` ",
+                         "runs on a GPU (docs/gpu.md says what is wired). Use --device cpu"));
 }
 
 void add_cluster_options(po::options_description& d) {

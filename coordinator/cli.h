@@ -48,9 +48,13 @@ void register_rwkv7_commands(std::vector<Command>& out);  // rwkv7 (info, logits
 void register_llama2c_commands(std::vector<Command>& out);  // llama2c (info, generate, ppl, compare)
 
 // Shared option groups.
-void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --threads
+void add_compute_options(po::options_description& d);  // --dtype --impl --chunk-size --device --threads
 void apply_threads(const po::variables_map& vm);
-// ForwardOptions from --dtype/--impl/--chunk-size; applies --threads. UsageError on bad values.
+// A command not yet wired for --device cuda refuses it (only reachable in a CUDA LibTorch build:
+// elsewhere forward_options_from already said "built without CUDA").
+void require_cpu_until_wired(const ForwardOptions& o, const std::string& command);
+// ForwardOptions from --dtype/--impl/--chunk-size/--device; applies --threads. UsageError on bad
+// values, and for --device cuda where models cannot run on a GPU (kernels/gpu.h).
 ForwardOptions forward_options_from(const po::variables_map& vm);
 
 // --comm auto|local|mpi|nccl and --comm-timeout (sweep, calibrate), and the communicator they make.

@@ -81,6 +81,7 @@ int run_analyze(const po::variables_map& vm) {
   if (sequences < 1) throw UsageError(cat("--sequences must be >= 1, got ", sequences));
   if (batch < 1) throw UsageError(cat("--batch-size must be >= 1, got ", batch));
   const ForwardOptions fo = forward_options_from(vm);
+  require_cpu_until_wired(fo, "analyze");
   const auto files = vm["data"].as<std::vector<std::string>>();
   for (const auto& f : files)
     if (!file_exists(f)) throw InputError(cat("--data: '", f, "' does not exist"));

@@ -108,6 +108,7 @@ int run_eval(const po::variables_map& vm) {
   const std::string tok_path =
       vm.count("tokenizer") ? vm["tokenizer"].as<std::string>() : path_join(dir, "tokenizer.model");
   const ForwardOptions fo = forward_options_from(vm);
+  require_cpu_until_wired(fo, "eval");
   const LinearLM model = LinearLM::load(dir);
   const auto tok = Tokenizer::load(tok_path);
   const eval::EvalSettings s = eval_settings_from(vm, "batch-size", "seq-len", model.config(), fo);

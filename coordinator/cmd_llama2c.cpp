@@ -60,6 +60,7 @@ Setup setup_from(const po::variables_map& vm) {
   if (!vm.count("model")) throw UsageError("llama2c: --model FILE.bin is required");
   s.model_path = vm["model"].as<std::string>();
   const ForwardOptions fo = forward_options_from(vm);
+  require_cpu_until_wired(fo, "llama2c");
   if (fo.dtype != torch::kFloat32 && fo.dtype != torch::kFloat64)
     throw UsageError("llama2c: --dtype must be f32 or f64");
   s.dtype = fo.dtype;

@@ -142,8 +142,11 @@ int run_logits(const po::variables_map& vm) {
     if (id < 0 || id >= m.config().vocab_size)
       throw UsageError(cat("--ids: token id ", id, " is outside the vocabulary [0, ", m.config().vocab_size, ")"));
   torch::NoGradGuard ng;
-  auto t = torch::tensor(ids, torch::kLong).unsqueeze(0);
-  auto logits = m.forward(t, nullptr, fo).squeeze(0).to(torch::kFloat32).contiguous();
+  // --device cuda (a CUDA LibTorch build): weights and ids on the GPU, the logits back on the CPU.
+  const torch::Device device = fo.device == ComputeDevice::Cuda ? torch::Device(torch::kCUDA) : torch::kCPU;
+  m.to(device);
+  auto t = torch::tensor(ids, torch::kLong).unsqueeze(0).to(device);
+  auto logits = m.forward(t, nullptr, fo).squeeze(0).to(torch::kFloat32).cpu().contiguous();
   write_npy(vm["out"].as<std::string>(), logits);
   std::cout << "wrote logits [" << logits.size(0) << ", " << logits.size(1) << "] to " << vm["out"].as<std::string>()
             << "\n";
@@ -177,6 +180,7 @@ int run_generate(const po::variables_map& vm) {
   if (max_new < 0) throw UsageError("--max-new must be >= 0");
   const bool add_bos = parse_bool(vm["add-bos"].as<std::string>(), "add-bos");
   ForwardOptions fo = forward_options_from(vm);
+  require_cpu_until_wired(fo, "generate");
   auto tok = Tokenizer::load(tok_path);
   LinearLM m = LinearLM::load(dir);
   if (tok->vocab_size() > m.config().vocab_size)

@@ -85,6 +85,7 @@ int run_calibrate(const po::variables_map& vm) {
 int calibrate_on(const po::variables_map& vm, cluster::Communicator& comm) {
   const std::string dir = vm["model"].as<std::string>();
   ForwardOptions fo = forward_options_from(vm);
+  require_cpu_until_wired(fo, "calibrate");
   LinearLM model = LinearLM::load(dir);
   CalibrationStats s =
       calibrate_from_options(vm, dir, model, fo, vm["seed"].as<uint64_t>(), comm, vm["taylor"].as<bool>());
@@ -117,6 +118,7 @@ int run_prune(const po::variables_map& vm) {
   const double ratio = vm["ratio"].as<double>();
   const uint64_t seed = vm["seed"].as<uint64_t>();
   ForwardOptions fo = forward_options_from(vm);
+  require_cpu_until_wired(fo, "prune");
   // Validate everything cheap before any work or output.
   check_method(method);
   kept_channels(1, ratio);  // throws UsageError for a ratio out of range

@@ -105,6 +105,7 @@ int run_sweep(const po::variables_map& vm) {
     req.lease_seconds = vm["lease-seconds"].as<double>();
     if (!(req.lease_seconds >= 1)) throw UsageError(cat("--lease-seconds must be at least 1, got ", req.lease_seconds));
     req.forward = forward_options_from(vm);
+    require_cpu_until_wired(req.forward, "sweep");
     req.model_dir = vm["model"].as<std::string>();
     const LinearLM model = LinearLM::load(req.model_dir);
     req.model = &model;

@@ -80,6 +80,19 @@ std::vector<TensorSpec> expected_tensors(const ModelConfig& c) {
 // ---------------------------------------------------------------------------------------------
 // State
 
+void LinearLM::to(const torch::Device& device) {
+  auto mv = [&device](torch::Tensor& t) {
+    if (t.defined() && t.device() != device) t = t.to(device);
+  };
+  mv(w_.embeddings), mv(w_.norm), mv(w_.lm_head);
+  for (auto& l : w_.layers) {
+    for (torch::Tensor* t : {&l.attn_norm, &l.mlp_norm, &l.q_proj, &l.k_proj, &l.v_proj, &l.q_conv, &l.k_conv,
+                             &l.v_conv, &l.b_proj, &l.a_proj, &l.A_log, &l.dt_bias, &l.g_proj, &l.o_norm, &l.o_proj,
+                             &l.gate_proj, &l.up_proj, &l.down_proj})
+      mv(*t);
+  }
+}
+
 LmState LmState::clone() const {
   LmState s;
   s.tokens = tokens;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/delta_rule.h"
+#include "kernels/gpu.h"
 #include "model/config.h"
 
 namespace rankprune {
@@ -71,6 +72,9 @@ struct ForwardOptions {
   torch::ScalarType dtype = torch::kFloat32;    // compute dtype
   DeltaRuleImpl impl = DeltaRuleImpl::Auto;     // fla: recurrent for T <= 64, else chunked (CPU, no grad: fused recurrence)
   int64_t chunk_size = 64;
+  // --device (kernels/gpu.h): where weights and activations live. Cuda only in a CUDA LibTorch
+  // build with a visible device (cli::forward_options_from checks); commands move the model.
+  ComputeDevice device = ComputeDevice::Cpu;
 };
 
 // Observes q and k of every layer after short conv + activation and before the L2 norm (where the
@@ -89,6 +93,9 @@ class LinearLM {
 
   const ModelConfig& config() const { return cfg_; }
   const LmWeights& weights() const { return w_; }
+  // Moves every weight the forward uses to `device` (the checkpoint's unused tensors stay where
+  // they are). On CPU -> CPU nothing is copied.
+  void to(const torch::Device& device);
   LmWeights& mutable_weights() { return w_; }
 
   // ids: [B, T] int64. Returns logits [B, T, V] in opts.dtype. With `state`, continues from it and

@@ -3,8 +3,9 @@
 # LibTorch 1.13, Boost, SQLite, LAPACK, ...), such as this workplace's H200 machine: builds only
 # what the checks need, with nvcc and g++, against the LibTorch inside the node's PyTorch and a
 # GoogleTest source tree, then runs
-#   1. test_gpu: tests/gpu/test_gpu_gram.cpp and test_gpu_delta_rule.cpp (the CUDA kernels against
-#      their CPU twins; a CPU machine reports the GPU cases skipped);
+#   1. test_gpu: every tests/gpu/test_*.cpp (the CUDA kernels against their CPU twins: Gram,
+#      delta rule, channel selection, eigendecomposition; a CPU machine reports the GPU cases
+#      skipped);
 #   2. compute-sanitizer memcheck, racecheck and synccheck on a few small cases, where
 #      compute-sanitizer and a device exist and SANITIZE is not 0;
 #   3. bench_gpu at the DeltaNet-1.3B shape (exit 77 = no device, reported as skipped).
@@ -18,8 +19,11 @@
 #   TORCH_INCLUDES, TORCH_LIBDIR, TORCH_ABI    override those (Debian's libtorch-dev:
 #                  /usr/include/torch/csrc/api/include, /usr/lib/x86_64-linux-gnu, 1; never name
 #                  /usr/include itself, which as -isystem breaks libstdc++'s #include_next)
-#   GTEST_SRC      [/usr/src/googletest, else .gpu-deps/googletest]  a GoogleTest source tree (copy
-#                  /usr/src/googletest of a Debian machine into .gpu-deps/ and carry that folder)
+#   GTEST_SRC      [/usr/src/googletest, else .gpu-deps/googletest]  a GoogleTest source tree
+#   LAPACK_DIR     [the system's when lapacke.h is in /usr/include, else .gpu-deps/lapack]  include/
+#                  with lapacke.h and cblas.h, lib/ with liblapacke, liblapack, libblas (the CPU
+#                  selection code and its tests need them)
+# scripts/gpu_deps.sh fills .gpu-deps/ from a Debian machine: carry that folder to the GPU node.
 #   CUDA_HOME [/usr/local/cuda]   CUDA_ARCH [90]   JOBS [nproc]   SANITIZE [1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +45,21 @@ fi
 TORCH_VERSION=${TORCH_VERSION:-$(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null || echo unknown)}
 if [[ -z "${GTEST_SRC:-}" ]]; then
   if [[ -d /usr/src/googletest/googletest ]]; then GTEST_SRC=/usr/src/googletest; else GTEST_SRC=$ROOT/.gpu-deps/googletest; fi
+fi
+if [[ -z "${LAPACK_DIR:-}" ]]; then
+  if [[ -f /usr/include/lapacke.h ]]; then LAPACK_DIR=/usr; else LAPACK_DIR=$ROOT/.gpu-deps/lapack; fi
+fi
+[[ -f "$LAPACK_DIR/include/lapacke.h" ]] || {
+  echo "gpu_check: no LAPACKE at $LAPACK_DIR (set LAPACK_DIR, or run scripts/gpu_deps.sh and carry .gpu-deps)" >&2
+  exit 2
+}
+if [[ $LAPACK_DIR == /usr ]]; then
+  LAPACK_INC=() LAPACK_LIBS=(-llapacke -llapack -lblas)
+else
+  LAPACK_INC=(-isystem "$LAPACK_DIR/include")
+  # DT_RPATH (not RUNPATH): it also finds liblapack's own libgfortran / libquadmath there.
+  LAPACK_LIBS=(-L"$LAPACK_DIR/lib" -Wl,--disable-new-dtags,-rpath,"$LAPACK_DIR/lib" -l:liblapacke.so.3
+    -l:liblapack.so.3 -l:libblas.so.3)
 fi
 [[ -f "$GTEST_SRC/googletest/src/gtest-all.cc" ]] || {
   echo "gpu_check: no GoogleTest source at $GTEST_SRC (set GTEST_SRC, or carry .gpu-deps/googletest)" >&2
@@ -75,28 +94,39 @@ drain() {
   ((failed == 0)) || exit 1
 }
 
-for f in gram_cuda delta_rule_cuda; do
+CUDA_UNITS=(gram_cuda delta_rule_cuda rrqr_cuda eigh_cuda)
+for f in "${CUDA_UNITS[@]}"; do
+  # rrqr_cuda repeats the CPU's roundings in its greedy phase: no contraction to FMA (as
+  # kernels/CMakeLists.txt sets for it).
+  fmad=()
+  [[ $f == rrqr_cuda ]] && fmad=(--fmad=false)
   job "$f" "$NVCC" -std=c++17 -O3 -I"$ROOT" --generate-code=arch=compute_$CUDA_ARCH,code=[compute_$CUDA_ARCH,sm_$CUDA_ARCH] \
-    -Xcompiler=-Wall,-Wextra,-Wno-unused-parameter -c "kernels/cuda/$f.cu" -o "$B/obj/$f.o"
+    "${fmad[@]}" -Xcompiler=-Wall,-Wextra,-Wno-unused-parameter -c "kernels/cuda/$f.cu" -o "$B/obj/$f.o"
 done
 for f in common/error common/fs common/progress common/sha256; do
   job "$(basename $f)" g++ "${COMMON[@]}" "${WARN[@]}" -c "$f.cpp" -o "$B/obj/$(basename $f).o"
 done
 job bench_gpu g++ "${COMMON[@]}" "${WARN[@]}" -c bench/bench_gpu.cpp -o "$B/obj/bench_gpu.o"
-for f in kernels/delta_rule kernels/threads kernels/gpu tests/gpu/test_gpu_gram tests/gpu/test_gpu_delta_rule; do
-  job "$(basename $f)" g++ "${COMMON[@]}" "${WARN[@]}" "${TORCH_INC[@]}" "${GTEST_INC[@]}" -c "$f.cpp" \
+TEST_UNITS=()
+for t in tests/gpu/test_*.cpp; do TEST_UNITS+=("${t%.cpp}"); done
+for f in kernels/delta_rule kernels/threads kernels/gpu kernels/rrqr kernels/rrqr_reference tests/testing/testing "${TEST_UNITS[@]}"; do
+  job "$(basename $f)" g++ "${COMMON[@]}" "${WARN[@]}" "${TORCH_INC[@]}" "${GTEST_INC[@]}" "${LAPACK_INC[@]}" \
+    -DRANKPRUNE_SOURCE_DIR="\"$ROOT\"" -DRANKPRUNE_BINARY="\"$ROOT/build/rankprune\"" -c "$f.cpp" \
     -o "$B/obj/$(basename $f).o"
 done
 job gtest-all g++ -std=c++17 -O2 -pthread "${GTEST_INC[@]}" -c "$GTEST_SRC/googletest/src/gtest-all.cc" -o "$B/obj/gtest-all.o"
 job gtest_main g++ -std=c++17 -O2 -pthread "${GTEST_INC[@]}" -c "$GTEST_SRC/googletest/src/gtest_main.cc" -o "$B/obj/gtest_main.o"
 drain
 
-CUDA_LIBS=(-L"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" -lcublas -lcudart)
-KERNELS=("$B/obj/gram_cuda.o" "$B/obj/delta_rule_cuda.o" "$B/obj/error.o" "$B/obj/fs.o" "$B/obj/progress.o" "$B/obj/sha256.o")
+CUDA_LIBS=(-L"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" -lcusolver -lcublas -lcudart)
+KERNELS=("$B/obj/error.o" "$B/obj/fs.o" "$B/obj/progress.o" "$B/obj/sha256.o")
+for f in "${CUDA_UNITS[@]}"; do KERNELS+=("$B/obj/$f.o"); done
+TEST_OBJS=()
+for t in "${TEST_UNITS[@]}"; do TEST_OBJS+=("$B/obj/$(basename "$t").o"); done
 g++ -o "$B/bench_gpu" "$B/obj/bench_gpu.o" "${KERNELS[@]}" "${CUDA_LIBS[@]}" -pthread
-g++ -o "$B/test_gpu" "$B/obj/test_gpu_gram.o" "$B/obj/test_gpu_delta_rule.o" "$B/obj/delta_rule.o" "$B/obj/threads.o" \
-  "$B/obj/gpu.o" "${KERNELS[@]}" "$B/obj/gtest-all.o" "$B/obj/gtest_main.o" -L"$TORCH_LIBDIR" -Wl,-rpath,"$TORCH_LIBDIR" \
-  -ltorch_cpu -lc10 "${CUDA_LIBS[@]}" -ldl -pthread
+g++ -o "$B/test_gpu" "${TEST_OBJS[@]}" "$B/obj/delta_rule.o" "$B/obj/threads.o" "$B/obj/gpu.o" "$B/obj/rrqr.o" \
+  "$B/obj/rrqr_reference.o" "$B/obj/testing.o" "${KERNELS[@]}" "$B/obj/gtest-all.o" "$B/obj/gtest_main.o" \
+  -L"$TORCH_LIBDIR" -Wl,-rpath,"$TORCH_LIBDIR" -ltorch_cpu -lc10 "${LAPACK_LIBS[@]}" "${CUDA_LIBS[@]}" -ldl -pthread
 echo "gpu_check: built $B/test_gpu and $B/bench_gpu" | tee -a "$OUT_DIR/gpu_check.log"
 
 status=0
@@ -107,13 +137,17 @@ echo "gpu_check: test_gpu exit $rc" | tee -a "$OUT_DIR/gpu_check.log"
 ((rc == 0)) || status=1
 
 if [[ "${SANITIZE:-1}" != 0 ]] && command -v compute-sanitizer >/dev/null && [[ $(nvidia-smi -L 2>/dev/null | wc -l) -gt 0 ]]; then
-  # Small cases only (a sanitizer slows kernels by 10-100x). memcheck covers both kernels and the
-  # test's own copies; racecheck and synccheck the delta-rule kernel, the one with shared memory
-  # and barriers (the Gram's own kernels have neither; cuBLAS is not ours to check).
+  # Small cases only (a sanitizer slows kernels by 10-100x). memcheck covers every kernel and the
+  # tests' own copies; racecheck and synccheck the kernels with shared memory and barriers (the
+  # delta rule, the selection; the Gram's own kernels have neither; cuBLAS / cuSOLVER are not
+  # ours to check).
+  # The selection kernel has barriers and shared reduction scratch too: racecheck and synccheck
+  # on two of its cases (a swap-heavy one and a rank-deficient one).
   delta='GpuDeltaRule.OddHeadSizes:GpuDeltaRule.StateOptionalInPlaceAndDeterministic'
+  rrqr='GpuRrqr.KahanNeedsSwaps:GpuRrqr.RankDeficientGrams'
   for tool in memcheck racecheck synccheck; do
-    filter=$delta
-    [[ $tool == memcheck ]] && filter="$delta:GpuGram.AccumulatesOverCalls"
+    filter="$delta:$rrqr"
+    [[ $tool == memcheck ]] && filter="$delta:$rrqr:GpuGram.AccumulatesOverCalls:GpuEigh.MatchesLapackJacobiSizes"
     OMP_NUM_THREADS=4 timeout 75 compute-sanitizer --tool "$tool" --error-exitcode 9 "$B/test_gpu" --gtest_filter="$filter" \
       >"$OUT_DIR/sanitizer_$tool.log" 2>&1
     rc=$?

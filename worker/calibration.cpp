@@ -8,6 +8,7 @@
 #include "common/random.h"
 #include "common/fs.h"
 #include "cluster/block_reduce.h"
+#include "kernels/gram.h"
 #include "common/sha256.h"
 #include "model/npy.h"
 #include "model/safetensors.h"
@@ -16,10 +17,6 @@ namespace rankprune {
 
 namespace fs = std::filesystem;
 using torch::indexing::Slice;
-
-// BLAS symmetric rank-k update (Fortran interface, in every BLAS): C = alpha X X^T + beta C.
-extern "C" void dsyrk_(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
-                       const double* a, const int* lda, const double* beta, double* c, const int* ldc);
 
 std::vector<std::string> read_documents(const std::string& path, const std::string& what) {
   const std::string ext = lower_extension(path);
@@ -132,17 +129,9 @@ CalibrationStats block_statistics(const LinearLM& model, const torch::Tensor& ba
     // factorises, is formed in float64 (2 * tokens * H * dk^2 flops per layer). The PCA moments of
     // the unit-norm vectors are formed in float32 per batch and accumulated in float64: they are
     // a baseline's statistic, well conditioned, and float32 halves their cost.
-    auto qh = q.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
-    auto kh = k.to(torch::kFloat64).reshape({-1, H, d}).transpose(0, 1);
-    // Stacked M = [Q; K] per head; G += M^T M by a symmetric rank-k update (half the flops of
-    // a general product). Row-major M [2N, dk] is column-major M^T, so dsyrk('U', 'N') on it
-    // writes the row-major lower triangle; it is mirrored once the block is done.
-    auto qk = torch::cat({qh, kh}, 1).contiguous();  // [H, 2N, dk]
+    // Stacked M = [Q; K] per head; G += M^T M (kernels/gram.h: dsyrk per head on the CPU).
     auto g = s.gram[l];
-    const int n = static_cast<int>(d), rows = static_cast<int>(qk.size(1));
-    const double one = 1.0;
-    for (int64_t h = 0; h < H; ++h)
-      dsyrk_("U", "N", &n, &rows, &one, qk[h].data_ptr<double>(), &n, &one, g[h].data_ptr<double>(), &n);
+    gram_accumulate(q, k, g);
     s.x_sq[l] += x.to(torch::kFloat64).pow(2).reshape({-1, x.size(-1)}).sum(0);
     auto q32 = q.to(torch::kFloat32).reshape({-1, H, d}).transpose(0, 1);
     auto k32 = k.to(torch::kFloat32).reshape({-1, H, d}).transpose(0, 1);
@@ -154,7 +143,6 @@ CalibrationStats block_statistics(const LinearLM& model, const torch::Tensor& ba
   };
   torch::NoGradGuard ng;
   model.hidden(batch, nullptr, opts, obs);
-  s.gram = s.gram.tril() + s.gram.tril(-1).transpose(-1, -2);  // mirror the accumulated triangle
   s.tokens = batch.numel();
   return s;
 }

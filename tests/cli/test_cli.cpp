@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "common/fs.h"
+#include "kernels/gpu.h"
 #include "model/linear_lm.h"
 #include "model/npy.h"
 #include "tests/cli/cli_fixture.h"
@@ -81,6 +82,32 @@ TEST_F(CliTest, LogitsRejectsBadIds) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_TRUE(contains(r.out, "300")) << r.out;
   EXPECT_FALSE(file_exists(out));
+}
+
+// --device: a CPU-only LibTorch build refuses cuda for every model command with "built without
+// CUDA" before reading anything (exit 2, no output); an unknown device is a usage error too.
+TEST_F(CliTest, DeviceCudaIsRefusedByACpuOnlyBuild) {
+  if (torch_has_cuda()) GTEST_SKIP() << "a CUDA LibTorch build: " << gpu_summary();
+  const auto out = tmp_.file("x.npy");
+  auto r = run_rankprune({"logits", "--model", model_, "--ids", "1,2", "--out", out, "--device", "cuda"});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_TRUE(contains(r.out, "--device cuda")) << r.out;
+  EXPECT_TRUE(contains(r.out, "built without CUDA")) << r.out;
+  EXPECT_TRUE(contains(r.out, "docs/gpu.md")) << r.out;
+  EXPECT_FALSE(file_exists(out));
+  // Refused before the model is read: a model folder that does not exist is not mentioned.
+  r = run_rankprune({"calibrate", "--model", "/nonexistent-model", "--data", "/nonexistent.npy", "--out", out,
+                     "--device", "cuda"});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_TRUE(contains(r.out, "built without CUDA")) << r.out;
+  EXPECT_FALSE(contains(r.out, "nonexistent-model")) << r.out;
+  r = run_rankprune({"logits", "--model", model_, "--ids", "1,2", "--out", out, "--device", "tpu"});
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+  EXPECT_TRUE(contains(r.out, "--device: expected cpu or cuda, got 'tpu'")) << r.out;
+  // --device cpu is the default and changes nothing.
+  r = run_rankprune({"logits", "--model", model_, "--ids", "1,2", "--out", out, "--device", "cpu"});
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(file_exists(out));
 }
 
 TEST_F(CliTest, GenerateIsGreedyAndDeterministic) {
