@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace rankprune::gram_problems {
@@ -105,6 +106,16 @@ inline Matrix kahan_gram(const std::vector<double>& cs, int64_t b, double scale 
             scale * std::pow(s, double(i)) * (i == j ? 1.0 : -c) * std::pow(1 - 1e-3, double(q * b + j));
   }
   return gram(k, n, n);
+}
+
+// Equal when either is infinite (log|det| of a rank-deficient selection), else within tol relative
+// to max(1, |ref|): how the selection tests compare a twin's doubles with the CPU's.
+inline void expect_near_rel(double got, double ref, double tol, const std::string& what) {
+  if (std::isinf(ref) || std::isinf(got)) {
+    EXPECT_EQ(got, ref) << what;
+    return;
+  }
+  EXPECT_NEAR(got, ref, tol * std::max(1.0, std::fabs(ref))) << what;
 }
 
 }  // namespace rankprune::gram_problems

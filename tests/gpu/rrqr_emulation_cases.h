@@ -156,14 +156,6 @@ Launch emulate(const Matrix& G, int64_t batch, int64_t n, const std::vector<int6
   return out;
 }
 
-void expect_near_rel(double emu, double cpu, double tol, const std::string& what) {
-  if (std::isinf(cpu) || std::isinf(emu)) {
-    EXPECT_EQ(emu, cpu) << what;
-    return;
-  }
-  EXPECT_NEAR(emu, cpu, tol * std::max(1.0, std::fabs(cpu))) << what;
-}
-
 // Concatenates the problems, emulates one launch, compares every problem with the CPU.
 int expect_emulation_matches(const std::string& name, const std::vector<Matrix>& problems, int64_t n,
                              std::vector<int64_t> ks, double f = kDefaultSwapBound,

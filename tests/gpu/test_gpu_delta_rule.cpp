@@ -17,6 +17,7 @@
 #include "kernels/delta_rule.h"
 #include "tests/gpu/gpu_testing.h"
 #include "tests/gpu/gpu_tensors.h"
+#include "tests/testing/testing.h"
 
 namespace rankprune {
 namespace {
@@ -164,15 +165,7 @@ TEST(GpuDeltaRule, ZeroTokensReturnsTheInitialState) {
 
 // ---- host-side checks: no device needed, no CUDA call made -------------------------------------
 
-template <typename Fn>
-void expect_input_error(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no InputError; expected one mentioning '" << needle << "'";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using testing::expect_input_error;  // tests/testing/testing.h
 
 TEST(GpuDeltaRuleHost, RejectsBadArguments) {
   // Never dereferenced: every call below must fail its host-side check first.
@@ -192,18 +185,18 @@ TEST(GpuDeltaRuleHost, RejectsBadArguments) {
     return [a] { cuda::delta_rule_recurrent_cuda(a, nullptr); };
   };
   using A = cuda::DeltaRuleCudaArgs;
-  expect_input_error(with([](A& a) { a.dk = 0; }), "dk must be in [1, 256], got 0");
-  expect_input_error(with([](A& a) { a.dk = 257; }), "dk must be in [1, 256], got 257");
-  expect_input_error(with([](A& a) { a.dv = 0; }), "dv must be in [1, 256]");
-  expect_input_error(with([](A& a) { a.dv = 300; }), "dv must be in [1, 256], got 300");
-  expect_input_error(with([](A& a) { a.T = -1; }), "must be >= 0");
-  expect_input_error(with([](A& a) { a.B = -2; }), "must be >= 0");
-  expect_input_error(with([](A& a) { a.dtype = static_cast<CudaScalar>(3); }), "unsupported dtype");
-  expect_input_error(with([](A& a) { a.q = nullptr; }), "null pointer");
-  expect_input_error(with([](A& a) { a.beta = nullptr; }), "null pointer");
-  expect_input_error(with([](A& a) { a.o = nullptr; }), "o is null");
-  expect_input_error(with([](A& a) { a.scale = std::numeric_limits<double>::quiet_NaN(); }), "scale must be finite");
-  expect_input_error(with([](A& a) { a.B = int64_t(1) << 30, a.H = int64_t(1) << 10; }), "blocks");
+  expect_input_error(with([](A& a) { a.dk = 0; }), {"dk must be in [1, 256], got 0"});
+  expect_input_error(with([](A& a) { a.dk = 257; }), {"dk must be in [1, 256], got 257"});
+  expect_input_error(with([](A& a) { a.dv = 0; }), {"dv must be in [1, 256]"});
+  expect_input_error(with([](A& a) { a.dv = 300; }), {"dv must be in [1, 256], got 300"});
+  expect_input_error(with([](A& a) { a.T = -1; }), {"must be >= 0"});
+  expect_input_error(with([](A& a) { a.B = -2; }), {"must be >= 0"});
+  expect_input_error(with([](A& a) { a.dtype = static_cast<CudaScalar>(3); }), {"unsupported dtype"});
+  expect_input_error(with([](A& a) { a.q = nullptr; }), {"null pointer"});
+  expect_input_error(with([](A& a) { a.beta = nullptr; }), {"null pointer"});
+  expect_input_error(with([](A& a) { a.o = nullptr; }), {"o is null"});
+  expect_input_error(with([](A& a) { a.scale = std::numeric_limits<double>::quiet_NaN(); }), {"scale must be finite"});
+  expect_input_error(with([](A& a) { a.B = int64_t(1) << 30, a.H = int64_t(1) << 10; }), {"blocks"});
 }
 
 TEST(GpuDeltaRuleHost, EmptyProblemsAreNoOps) {

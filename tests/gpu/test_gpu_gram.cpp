@@ -13,6 +13,7 @@
 #include "kernels/cuda/gram_cuda.h"
 #include "tests/gpu/gpu_testing.h"
 #include "tests/gpu/gpu_tensors.h"
+#include "tests/testing/testing.h"
 
 namespace rankprune {
 namespace {
@@ -87,15 +88,7 @@ TEST(GpuGram, AccumulatesOverCalls) {
 
 // ---- host-side checks: no device needed, no CUDA call made -------------------------------------
 
-template <typename Fn>
-void expect_input_error(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no InputError; expected one mentioning '" << needle << "'";
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
+using testing::expect_input_error;  // tests/testing/testing.h
 
 TEST(GpuGramHost, RejectsBadArguments) {
   // Never dereferenced: every call below must fail its host-side check first.
@@ -104,16 +97,16 @@ TEST(GpuGramHost, RejectsBadArguments) {
   const void* p = fake;
   auto call = [&](const void* q, const void* k, CudaScalar dt, int64_t tokens, int64_t H, int64_t d, double* G,
                   int64_t chunk = 0) { cuda::gram_accumulate_cuda(q, k, dt, tokens, H, d, G, nullptr, chunk); };
-  expect_input_error([&] { call(p, p, CudaScalar::F32, -1, 4, 16, fakeG); }, "tokens must be >= 0");
-  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 0, 16, fakeG); }, "heads must be >= 1");
-  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 4, 0, fakeG); }, "head dim d must be >= 1");
-  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 4, 16, nullptr); }, "G is null");
-  expect_input_error([&] { call(nullptr, p, CudaScalar::F32, 8, 4, 16, fakeG); }, "null q");
-  expect_input_error([&] { call(p, nullptr, CudaScalar::BF16, 8, 4, 16, fakeG); }, "null k");
-  expect_input_error([&] { call(p, p, static_cast<CudaScalar>(7), 8, 4, 16, fakeG); }, "unsupported dtype");
-  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, int64_t(1) << 20, 4096, fakeG); }, "int range");
-  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 4, 16, fakeG, -5); }, "chunk_tokens must be >= 0");
-  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 4, 16, fakeG, int64_t(INT_MAX)); }, "chunk_tokens");
+  expect_input_error([&] { call(p, p, CudaScalar::F32, -1, 4, 16, fakeG); }, {"tokens must be >= 0"});
+  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 0, 16, fakeG); }, {"heads must be >= 1"});
+  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 4, 0, fakeG); }, {"head dim d must be >= 1"});
+  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 4, 16, nullptr); }, {"G is null"});
+  expect_input_error([&] { call(nullptr, p, CudaScalar::F32, 8, 4, 16, fakeG); }, {"null q"});
+  expect_input_error([&] { call(p, nullptr, CudaScalar::BF16, 8, 4, 16, fakeG); }, {"null k"});
+  expect_input_error([&] { call(p, p, static_cast<CudaScalar>(7), 8, 4, 16, fakeG); }, {"unsupported dtype"});
+  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, int64_t(1) << 20, 4096, fakeG); }, {"int range"});
+  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 4, 16, fakeG, -5); }, {"chunk_tokens must be >= 0"});
+  expect_input_error([&] { call(p, p, CudaScalar::F32, 8, 4, 16, fakeG, int64_t(INT_MAX)); }, {"chunk_tokens"});
 }
 
 TEST(GpuGramHost, ZeroTokensIsANoOp) {

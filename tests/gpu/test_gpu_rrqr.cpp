@@ -294,14 +294,6 @@ Case kahan_case(double scale = 1.0, int max_swaps = kDefaultMaxSwaps) {
 // ---------------------------------------------------------------------------------------------
 // Parity.
 
-void expect_near_rel(double gpu, double cpu, double tol, const std::string& what) {
-  if (std::isinf(cpu) || std::isinf(gpu)) {
-    EXPECT_EQ(gpu, cpu) << what;
-    return;
-  }
-  EXPECT_NEAR(gpu, cpu, tol * std::max(1.0, std::fabs(cpu))) << what;
-}
-
 void expect_same_factor(const Case& c) {
   const std::vector<PivotedCholesky> gpu = pivoted_cholesky_batched_cuda(c.G.data(), c.batch, c.n);
   ASSERT_EQ(static_cast<int64_t>(gpu.size()), c.batch);
